@@ -1,0 +1,78 @@
+"""Validation of what a user passes to SMI: every message names the offending value."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+BACKENDS = ("auto", "torch", "triton")
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_hyperparameters(lambda_param: float, eps: float) -> None:
+    """``lambda_param >= 0`` and finite; ``eps > 0`` and finite."""
+    if isinstance(lambda_param, bool) or not isinstance(lambda_param, (int, float)):
+        raise TypeError(f"lambda_param must be a float, got {type(lambda_param).__name__}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    if not math.isfinite(lambda_param) or lambda_param < 0:
+        raise ValueError(f"lambda_param must be finite and >= 0, got {lambda_param}")
+    if not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be finite and > 0, got {eps}")
+
+
+def check_backend(backend: str) -> None:
+    """``backend`` is one of "auto", "torch", "triton"."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def check_views(views: Sequence[Tensor]) -> None:
+    """At least two views, each a 2-D floating tensor of the same shape, dtype and device,
+    with N >= 2 samples and D >= 2 features."""
+    if len(views) < 2:
+        raise ValueError(f"SMI needs at least two views, got {len(views)}")
+    for k, view in enumerate(views):
+        if not isinstance(view, Tensor):
+            raise TypeError(f"view {k} must be a torch.Tensor, got {type(view).__name__}")
+    first = views[0]
+    for k, view in enumerate(views):
+        if view.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"view {k} has dtype {view.dtype}; SMI takes float64, float32, bfloat16 or float16"
+            )
+        if view.dim() != 2:
+            raise ValueError(
+                f"view {k} must be 2-D (N samples, D features), got shape {tuple(view.shape)}"
+            )
+        if view.shape != first.shape:
+            raise ValueError(
+                f"all views must have the same shape: view 0 is {tuple(first.shape)}, "
+                f"view {k} is {tuple(view.shape)}"
+            )
+        if view.dtype != first.dtype:
+            raise TypeError(
+                f"all views must have the same dtype: view 0 is {first.dtype}, "
+                f"view {k} is {view.dtype}"
+            )
+        if view.device != first.device:
+            raise ValueError(
+                f"all views must be on the same device: view 0 is on {first.device}, "
+                f"view {k} is on {view.device}"
+            )
+    n, d = first.shape
+    if n < 2:
+        raise ValueError(f"SMI needs N >= 2 samples per view, got shape {tuple(first.shape)}")
+    if d < 2:
+        raise ValueError(f"SMI needs D >= 2 features per sample, got shape {tuple(first.shape)}")
+
+
+def check_finite_views(views: Sequence[Tensor]) -> None:
+    """Raise if any view holds NaN or Inf (this synchronises with the device)."""
+    for k, view in enumerate(views):
+        if not bool(torch.isfinite(view).all()):
+            bad = int((~torch.isfinite(view)).sum())
+            raise ValueError(f"view {k} holds {bad} non-finite values (NaN or Inf)")

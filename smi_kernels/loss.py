@@ -1,0 +1,226 @@
+"""``SMILoss`` and the functional API: validation, backend choice, the optional gather.
+
+The loss, for V >= 2 views ``z_1 ... z_V`` of shape (N, D) whose row i comes from the same
+original sample::
+
+    zh_i    = (z_i - mean(z_i)) / max(||z_i - mean(z_i)||, 1e-12)      (per row, across features)
+    m(rho)  = -1/2 log(1 - rho^2 + eps),  rho clamped to [-1, 1]
+    M^{uv}  = m(zh^u zh^v^T)                                            (N x N)
+    L_align = sum_{u<v} sum_i (1 - M^{uv}_ii)^2
+    L_red   = sum_{u<v} sum_{i!=j} (M^{uv}_ij)^2 + sum_u sum_{i!=j} (M^{uu}_ij)^2
+    L       = L_align + lambda_param * L_red
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from smi_kernels import _checks
+from smi_kernels._torch import smi_torch
+
+
+class SMIOutput(NamedTuple):
+    """The loss and its two terms, from one pass: ``loss = alignment + lambda * redundancy``."""
+
+    loss: Tensor
+    alignment: Tensor
+    redundancy: Tensor
+
+
+def triton_available() -> bool:
+    """True when triton imports (Linux with a triton wheel)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def interpreter_enabled() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on the CPU."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve_backend(backend: str, views: Sequence[Tensor]) -> str:
+    """The backend that will run: "torch" or "triton".
+
+    "auto" takes Triton for CUDA tensors of float32, bfloat16 or float16 when triton imports, and
+    the PyTorch path otherwise (float64 on the GPU included). "triton" insists, and raises a
+    ``ValueError`` where the kernels cannot run: CPU tensors without the Triton interpreter,
+    or float64 on the GPU.
+    """
+    _checks.check_backend(backend)
+    device = views[0].device
+    dtype = views[0].dtype
+    if backend == "torch":
+        return "torch"
+    if backend == "auto":
+        use = device.type == "cuda" and dtype != torch.float64 and triton_available()
+        return "triton" if use else "torch"
+    if not triton_available():
+        raise ValueError("backend='triton' needs the triton package, which does not import here")
+    if device.type == "cuda":
+        if dtype == torch.float64:
+            raise TypeError(
+                "backend='triton' takes float32, bfloat16 or float16 on the GPU, got float64; "
+                "use backend='torch' (or 'auto') for float64"
+            )
+        return "triton"
+    if device.type == "cpu" and interpreter_enabled():
+        return "triton"
+    raise ValueError(
+        f"backend='triton' needs CUDA tensors (got device {device}); set TRITON_INTERPRET=1 "
+        "before importing triton to run the kernels on the CPU under the interpreter"
+    )
+
+
+def _smi(
+    views: Sequence[Tensor],
+    lambda_param: float,
+    eps: float,
+    backend: str,
+    check_finite: bool,
+    gather_distributed: bool,
+) -> SMIOutput:
+    _checks.check_hyperparameters(lambda_param, eps)
+    _checks.check_views(views)
+    if check_finite:
+        _checks.check_finite_views(views)
+    if gather_distributed:
+        from smi_kernels.distributed import gather_views
+
+        views = gather_views(views)
+    chosen = resolve_backend(backend, views)
+    if chosen == "triton":
+        from smi_kernels._triton.op import smi_triton
+
+        out = smi_triton(views, float(lambda_param), float(eps))
+    else:
+        out = smi_torch(views, float(lambda_param), float(eps))
+    return SMIOutput(out[0], out[1], out[2])
+
+
+def smi_loss(
+    *views: Tensor,
+    lambda_param: float = 5e-3,
+    eps: float = 1e-4,
+    backend: str = "auto",
+    check_finite: bool = False,
+    gather_distributed: bool = False,
+) -> Tensor:
+    """SMI loss of two or more views, a scalar.
+
+    Args:
+        *views: tensors of shape (N, D), N >= 2, D >= 2, same shape, dtype and device;
+            row i of every view comes from the same original sample.
+        lambda_param: weight of the redundancy term (default 5e-3, the Barlow Twins value).
+        eps: keeps ``m(rho) = -1/2 log(1 - rho^2 + eps)`` finite at rho = +-1 (default 1e-4).
+        backend: "auto" (Triton on CUDA, PyTorch elsewhere), "torch" or "triton".
+        check_finite: raise ``ValueError`` on NaN/Inf input instead of returning NaN.
+        gather_distributed: compute the loss on the batch gathered from every rank.
+
+    Returns:
+        The loss: float64 for float64 views, float32 otherwise (half inputs accumulate in
+        float32). Non-finite input gives a NaN loss unless ``check_finite`` is set.
+
+    Example:
+        >>> import torch
+        >>> from smi_kernels import smi_loss
+        >>> z_a, z_b = torch.randn(8, 32), torch.randn(8, 32)
+        >>> loss = smi_loss(z_a, z_b)
+    """
+    return _smi(views, lambda_param, eps, backend, check_finite, gather_distributed).loss
+
+
+def smi_loss_with_terms(
+    *views: Tensor,
+    lambda_param: float = 5e-3,
+    eps: float = 1e-4,
+    backend: str = "auto",
+    check_finite: bool = False,
+    gather_distributed: bool = False,
+) -> SMIOutput:
+    """``SMIOutput(loss, alignment, redundancy)`` from one pass; all three are differentiable.
+
+    ``redundancy`` is unweighted: ``loss = alignment + lambda_param * redundancy``. The ratio
+    ``lambda_param * redundancy / alignment`` is the paper's redundancy-to-alignment diagnostic.
+    Arguments as for :func:`smi_loss`.
+
+    Example:
+        >>> import torch
+        >>> from smi_kernels import smi_loss_with_terms
+        >>> out = smi_loss_with_terms(torch.randn(8, 32), torch.randn(8, 32))
+        >>> bool(torch.isclose(out.loss, out.alignment + 5e-3 * out.redundancy))
+        True
+    """
+    return _smi(views, lambda_param, eps, backend, check_finite, gather_distributed)
+
+
+class SMILoss(nn.Module):
+    """Semantic Mutual Information loss (SMI: Efficient Self-Supervised Learning via
+    Mutual-Information-Inspired Dependency Optimization).
+
+    Sample-level N x N correlations between the samples of a batch, passed through the Gaussian
+    mutual-information transform ``m(rho) = -1/2 log(1 - rho^2 + eps)``; positives are aligned
+    (``(1 - m)^2`` on the pairs of views of one sample) and redundancy is reduced (``m^2`` on every
+    other pair, within and across views): ``L = L_align + lambda_param * L_red``.
+
+    Args:
+        lambda_param: redundancy weight, >= 0 (default 5e-3).
+        eps: stabiliser of the transform, > 0 (default 1e-4).
+        gather_distributed: all-gather the views from every rank (with gradients) and compute
+            the loss on the global batch. Default False: each rank uses its local batch, the
+            paper's setting, with no communication.
+        backend: "auto" | "torch" | "triton".
+        check_finite: raise on NaN/Inf input (costs a device synchronisation).
+
+    Example:
+        >>> import torch
+        >>> from smi_kernels import SMILoss
+        >>> loss_fn = SMILoss()
+        >>> z_a, z_b = torch.randn(16, 64), torch.randn(16, 64)
+        >>> loss = loss_fn(z_a, z_b)
+    """
+
+    def __init__(
+        self,
+        lambda_param: float = 5e-3,
+        eps: float = 1e-4,
+        gather_distributed: bool = False,
+        backend: str = "auto",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__()
+        _checks.check_hyperparameters(lambda_param, eps)
+        _checks.check_backend(backend)
+        self.lambda_param = float(lambda_param)
+        self.eps = float(eps)
+        self.gather_distributed = bool(gather_distributed)
+        self.backend = backend
+        self.check_finite = bool(check_finite)
+
+    def forward(self, *views: Tensor) -> Tensor:
+        """The scalar loss of ``views`` (two or more tensors of shape (N, D))."""
+        return self.forward_with_terms(*views).loss
+
+    def forward_with_terms(self, *views: Tensor) -> SMIOutput:
+        """``SMIOutput(loss, alignment, redundancy)`` of ``views`` from one pass."""
+        return _smi(
+            views,
+            self.lambda_param,
+            self.eps,
+            self.backend,
+            self.check_finite,
+            self.gather_distributed,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"lambda_param={self.lambda_param}, eps={self.eps}, "
+            f"gather_distributed={self.gather_distributed}, backend={self.backend!r}"
+        )
