@@ -29,6 +29,7 @@ where ``(c_loss, c_align, c_red)`` are the incoming gradients of ``(L, L_align, 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Sequence
 
@@ -78,6 +79,13 @@ def positive_pairs(zh: Tensor, projected: Tensor) -> tuple[Tensor, list[tuple[in
     return torch.stack(rows), pairs
 
 
+def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off on ``device_type`` (the path manages its own dtypes)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _transform(rho: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """``(m, m')`` at rho, which is already clamped to [-1, 1]."""
     t = 1.0 - rho * rho + eps
@@ -89,6 +97,11 @@ class _SMIFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lambda_param: float, eps: float, *views: Tensor) -> Tensor:  # type: ignore[override]
+        with autocast_disabled(views[0].device.type):
+            return _SMIFunction._forward(ctx, lambda_param, eps, views)
+
+    @staticmethod
+    def _forward(ctx, lambda_param: float, eps: float, views: Sequence[Tensor]) -> Tensor:
         v_count = len(views)
         n, d = views[0].shape
         dtype = compute_dtype(views[0].dtype)
@@ -134,6 +147,11 @@ class _SMIFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        with autocast_disabled(grad_out.device.type):
+            return _SMIFunction._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         zh_flat, s, projected, g_sym, align_grad = ctx.saved_tensors
         g_loss, g_align, g_red = grad_out.unbind()
         c_align = g_loss + g_align

@@ -79,6 +79,16 @@ def resolve_backend(backend: str, views: Sequence[Tensor]) -> str:
     )
 
 
+def autocast_dtype(views: Sequence[Tensor]) -> torch.dtype | None:
+    """The dtype autocast asks for on the views' device, or None when autocast is off there."""
+    device_type = views[0].device.type
+    if not torch.amp.is_autocast_available(device_type):
+        return None
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
 def _smi(
     views: Sequence[Tensor],
     lambda_param: float,
@@ -95,6 +105,11 @@ def _smi(
         from smi_kernels.distributed import gather_views
 
         views = gather_views(views)
+    amp_dtype = autocast_dtype(views)
+    if amp_dtype is not None and views[0].dtype == torch.float32:
+        # like torch.matmul under autocast: the Gram runs in the autocast dtype, with float32
+        # accumulation and a float32 loss
+        views = [view.to(amp_dtype) for view in views]
     chosen = resolve_backend(backend, views)
     if chosen == "triton":
         from smi_kernels._triton.op import smi_triton
