@@ -1,8 +1,8 @@
 """smi-kernels: fused kernels for the SMI self-supervised loss (Semantic Mutual Information).
 
-    >>> import torch
-    >>> from smi_kernels import SMILoss
-    >>> loss = SMILoss()(torch.randn(16, 64), torch.randn(16, 64))
+>>> import torch
+>>> from smi_kernels import SMILoss
+>>> loss = SMILoss()(torch.randn(16, 64), torch.randn(16, 64))
 """
 
 from smi_kernels.loss import SMILoss, SMIOutput, resolve_backend, smi_loss, smi_loss_with_terms

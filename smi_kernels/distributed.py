@@ -2,7 +2,8 @@
 
 Gradient convention: every rank computes the same global loss L on the gathered batch. The
 backward of the gather sums, over ranks, the gradient each rank computed for this rank's rows
-(an all-reduce), and returns this rank's slice: ``world_size * dL/dz_local``. DistributedDataParallel
+(an all-reduce), and returns this rank's slice: ``world_size * dL/dz_local``.
+DistributedDataParallel
 then averages parameter gradients over ranks, so each parameter receives exactly ``dL/dtheta`` of
 one process that sees the whole batch.
 """
