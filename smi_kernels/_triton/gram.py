@@ -86,7 +86,7 @@ def gram_forward_kernel(
         redundancy = valid & (sample_p[:, None] != sample_q[None, :])
         weight = tl.where(view_p[:, None] == view_q[None, :], 2.0, 1.0)
 
-        rho = tl.minimum(tl.maximum(acc, -1.0), 1.0)
+        rho = tl.clamp(acc, -1.0, 1.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN
         t = 1.0 - rho * rho + eps
         log_t = tl.log(t)
         upper = offs_p[:, None] < offs_q[None, :]

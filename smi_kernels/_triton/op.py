@@ -25,6 +25,11 @@ from smi_kernels._triton.gram import finalize_block, finalize_kernel, gram_forwa
 from smi_kernels._triton.standardize import block_d, standardize_kernel
 
 
+def _allocate(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Every buffer the ops write (one place, so a test can poison them all)."""
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
 def _accumulator(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -123,12 +128,10 @@ def smi_forward(z: Tensor, lambda_param: float, eps: float, need_grad: bool) -> 
     estimate = memory.triton_estimate(n, d, v, z.dtype, need_grad, block)
     memory.check_fits(estimate.forward_new, "forward", z.device)
     z = z.contiguous()
-    out = {
-        name: torch.empty(shape, dtype=dt, device=z.device) for name, (shape, dt) in shapes.items()
-    }
+    out = {name: _allocate(shape, dt, z.device) for name, (shape, dt) in shapes.items()}
     interpreting = z.device.type != "cuda"
-    align = torch.empty(n, dtype=_accumulator(z.dtype), device=z.device)
-    red_partial = torch.empty(nb * nb, dtype=_accumulator(z.dtype), device=z.device)
+    align = _allocate((n,), _accumulator(z.dtype), z.device)
+    red_partial = _allocate((nb * nb,), _accumulator(z.dtype), z.device)
 
     standardize_kernel[(n,)](
         z, out["zh"], out["s"], out["projected"], out["rho"], out["align_grad"], align,
@@ -180,7 +183,7 @@ def smi_backward(
     block = g.shape[-1]
     nb = radial.shape[0]
     memory.check_fits(zh.numel() * zh.element_size(), "backward", zh.device)
-    dz = torch.empty_like(zh)
+    dz = _allocate(zh.shape, zh.dtype, zh.device)
     _, backward_candidates = configs.candidates(configs.architecture(zh.device), p, zh.dtype)
     kernel, options = _backward_launcher(backward_candidates, zh.device)
     grad_out = grad_out.to(s.dtype).contiguous()

@@ -100,7 +100,7 @@ def standardize_kernel(
 
     defect = tl.where(projected, 0.0, 1.0 - sq_norm)
     one_minus_rho = 0.5 * (gap + defect[:, None] + defect[None, :])
-    one_minus_rho = tl.minimum(tl.maximum(one_minus_rho, 0.0), 2.0)
+    one_minus_rho = tl.clamp(one_minus_rho, 0.0, 2.0, propagate_nan=tl.PropagateNan.ALL)
     rho = 1.0 - one_minus_rho
     t = one_minus_rho * (2.0 - one_minus_rho) + eps
     m = -0.5 * tl.log(t)

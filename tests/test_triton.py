@@ -1,0 +1,318 @@
+"""The Triton kernels against the float64 reference.
+
+On a machine without a GPU these run on the CPU under the Triton interpreter (conftest.py sets
+TRITON_INTERPRET=1), on small odd shapes; the tests marked ``gpu`` run at real sizes on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+import smi_kernels._triton.op as op
+from reference.smi import smi_loss_terms
+from smi_kernels import smi_loss, smi_loss_with_terms
+from smi_kernels._triton import configs
+from smi_kernels._triton.gram import packed_tile_index
+
+LAMBDA, EPS = 5e-3, 1e-4
+TOLERANCE = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-4,
+    torch.bfloat16: 2e-2,
+    torch.float16: 2e-2,
+}
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+gpu = pytest.mark.gpu
+needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert torch.isfinite(out).all(), "non-finite output"
+    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-300))
+
+
+def make_views(v: int, n: int, d: int, dtype: torch.dtype, seed: int, device: str = DEVICE):
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(n, d, generator=generator).to(device=device, dtype=dtype).requires_grad_()
+        for _ in range(v)
+    ]
+
+
+def reference(views: list[torch.Tensor]):
+    """Loss, terms and input gradients of reference/smi.py in float64."""
+    exact = [view.detach().double().requires_grad_() for view in views]
+    align, red = smi_loss_terms(*exact, eps=EPS)
+    loss = align + LAMBDA * red
+    grads = torch.autograd.grad(loss, exact)
+    return loss, align, red, grads
+
+
+def check_against_reference(views: list[torch.Tensor], tol: float) -> None:
+    out = smi_loss_with_terms(*views, lambda_param=LAMBDA, eps=EPS, backend="triton")
+    grads = torch.autograd.grad(out.loss, views)
+    loss, align, red, ref_grads = reference(views)
+    assert relative_error(out.loss, loss) < tol
+    assert relative_error(out.alignment, align) < tol
+    assert relative_error(out.redundancy, red) < tol
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert grad.dtype == views[0].dtype
+        assert relative_error(grad, ref_grad) < tol
+
+
+SHAPES = [(2, 2, 3), (2, 7, 33), (3, 13, 50), (4, 5, 17), (2, 37, 70), (3, 2, 129)]
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "V{}-N{}-D{}".format(*s))
+def test_matches_reference(shape: tuple[int, int, int], dtype: torch.dtype) -> None:
+    if CUDA and dtype == torch.float64:
+        pytest.skip("float64 runs on the PyTorch path on the GPU")
+    v, n, d = shape
+    check_against_reference(
+        make_views(v, n, d, dtype, seed=v * 1000 + n * 10 + d), TOLERANCE[dtype]
+    )
+
+
+def test_each_term_differentiates() -> None:
+    views = make_views(2, 9, 21, torch.float64, seed=3)
+    out = smi_loss_with_terms(*views, eps=EPS, backend="triton")
+    exact = [view.detach().requires_grad_() for view in views]
+    align, red = smi_loss_terms(*exact, eps=EPS)
+    for term, ref_term in ((out.alignment, align), (out.redundancy, red)):
+        grads = torch.autograd.grad(term, views, retain_graph=True)
+        ref_grads = torch.autograd.grad(ref_term, exact, retain_graph=True)
+        for grad, ref_grad in zip(grads, ref_grads):
+            assert relative_error(grad, ref_grad) < 1e-10
+
+
+def test_gradcheck_float64() -> None:
+    if CUDA:
+        pytest.skip("float64 kernels run under the interpreter only")
+    views = make_views(2, 3, 5, torch.float64, seed=11)
+    assert torch.autograd.gradcheck(
+        lambda a, b: smi_loss(a, b, backend="triton"), views, eps=1e-6, atol=1e-7
+    )
+
+
+def test_only_one_view_requires_grad() -> None:
+    a, b = make_views(2, 6, 10, torch.float32, seed=5)
+    b = b.detach()
+    loss = smi_loss(a, b, backend="triton")
+    (grad,) = torch.autograd.grad(loss, [a])
+    _, _, _, ref_grads = reference([a, b])
+    assert relative_error(grad, ref_grads[0]) < 1e-4
+
+
+def test_no_grad_stores_no_g() -> None:
+    a, b = make_views(2, 6, 10, torch.float32, seed=5)
+    with torch.no_grad():
+        loss = smi_loss(a, b, backend="triton")
+    assert loss.grad_fn is None
+    outputs = torch.ops.smi_kernels.smi_forward(torch.stack([a, b]).detach(), LAMBDA, EPS, False)
+    assert outputs[6].numel() == 0 and outputs[7].numel() == 0
+
+
+def test_bitwise_deterministic() -> None:
+    views = make_views(3, 11, 40, torch.float32, seed=8)
+    first = None
+    for _ in range(20):
+        loss = smi_loss(*views, backend="triton")
+        grads = torch.autograd.grad(loss, views)
+        current = torch.cat([loss.reshape(1), *[g.flatten() for g in grads]])
+        if first is None:
+            first = current
+        assert torch.equal(current, first)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_every_output_element_is_written(monkeypatch, dtype: torch.dtype) -> None:
+    """Buffers start as NaN: a single element the kernels forget to write shows up."""
+
+    def poisoned(shape, dtype, device):
+        return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(op, "_allocate", poisoned)
+    views = make_views(3, 19, 45, dtype, seed=2)
+    outputs = torch.ops.smi_kernels.smi_forward(torch.stack(views).detach(), LAMBDA, EPS, True)
+    for name, tensor in zip(("out", "zh", "s", "projected", "rho", "a", "g", "radial"), outputs):
+        assert torch.isfinite(tensor).all(), name
+    loss = smi_loss(*views, backend="triton")
+    grads = torch.autograd.grad(loss, views)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_constant_rows_are_finite() -> None:
+    a, b = make_views(2, 6, 12, torch.float32, seed=4)
+    with torch.no_grad():
+        a[2] = 3.0
+        b[2] = 3.0
+        b[4] = -1.0
+    out = smi_loss_with_terms(a, b, backend="triton")
+    grads = torch.autograd.grad(out.loss, [a, b])
+    assert torch.isfinite(out.loss) and all(torch.isfinite(g).all() for g in grads)
+    loss, _, _, ref_grads = reference([a, b])
+    assert relative_error(out.loss, loss) < 1e-4
+
+
+def test_non_finite_input_gives_nan() -> None:
+    a, b = make_views(2, 5, 8, torch.float32, seed=1)
+    with torch.no_grad():
+        a[1, 3] = float("nan")
+    assert torch.isnan(smi_loss(a, b, backend="triton"))
+
+
+def test_matches_torch_path() -> None:
+    views = make_views(3, 17, 31, torch.float32, seed=21)
+    triton_out = smi_loss_with_terms(*views, backend="triton")
+    torch_out = smi_loss_with_terms(*views, backend="torch")
+    for x, y in zip(triton_out, torch_out):
+        assert relative_error(x, y) < 1e-5
+
+
+def test_custom_op_registration() -> None:
+    """Schema, fake (meta) implementation and autograd registration agree with the kernels."""
+    z = torch.stack(make_views(2, 5, 9, torch.float32, seed=0)).detach().requires_grad_()
+    torch.library.opcheck(
+        torch.ops.smi_kernels.smi_forward,
+        (z, LAMBDA, EPS, True),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+
+
+def test_flop_counter_sees_fused_cost() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    v, n, d = 2, 8, 24
+    views = make_views(v, n, d, torch.float32, seed=0)
+    with FlopCounterMode(display=False) as counter:
+        smi_loss(*views, backend="triton").backward()
+    counts = counter.get_flop_counts()["Global"]
+    p = v * n
+    assert counts[torch.ops.smi_kernels.smi_forward] == 2 * (p * p * d // 2)
+    assert counts[torch.ops.smi_kernels.smi_backward] == 2 * p * p * d
+
+
+def test_compile_fullgraph_no_recompile() -> None:
+    torch._dynamo.reset()
+    compiles = 0
+
+    def counting_backend(gm, example_inputs):
+        nonlocal compiles
+        compiles += 1
+        return gm.forward
+
+    @torch.compile(backend=counting_backend, fullgraph=True)
+    def step(a, b):
+        return smi_loss(a, b, backend="triton")
+
+    for seed in range(3):
+        a, b = make_views(2, 6, 10, torch.float32, seed=seed)
+        loss = step(a, b)
+        loss.backward()
+        assert relative_error(loss, reference([a, b])[0]) < 1e-4
+    assert compiles == 1
+    torch._dynamo.reset()
+
+
+def test_packed_tile_index_is_64_bit() -> None:
+    """The offset arithmetic of the packed G buffer does not wrap at 2^31."""
+
+    @triton.jit
+    def probe(out_ptr, pb, qb, num_blocks, BLOCK: tl.constexpr):
+        tile = packed_tile_index(pb, qb, num_blocks)
+        tl.store(out_ptr, tile * (BLOCK * BLOCK))
+
+    device = DEVICE
+    for pb, qb, nb, block in [(0, 0, 1, 16), (3, 7, 9, 32), (40000, 40001, 50000, 128)]:
+        out = torch.zeros(1, dtype=torch.int64, device=device)
+        probe[(1,)](out, pb, qb, nb, BLOCK=block)
+        expected = (pb * nb - pb * (pb - 1) // 2 + (qb - pb)) * block * block
+        assert expected > 2**31 or nb < 50000
+        assert int(out.item()) == expected
+
+
+def test_every_table_row_shares_one_tile_size() -> None:
+    """Forward, stored G and backward use one BLOCK, so autotuning may not change it."""
+    for arch in ("sm80", "sm90", "interpreter"):
+        for rows in (2, 512, 1025, 4096, 4097, 1 << 20):
+            for dtype in (torch.float32, torch.bfloat16):
+                forward, backward = configs.candidates(arch, rows, dtype)
+                assert len({c.BLOCK for c in forward}) == 1
+                assert forward and backward
+
+
+def test_memory_check_refuses_before_allocating(monkeypatch) -> None:
+    from smi_kernels import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1024)
+    views = make_views(2, 8, 16, torch.float32, seed=0)
+    with pytest.raises(torch.OutOfMemoryError, match="GiB"):
+        smi_loss(*views, backend="triton")
+
+
+# ---------------------------------------------------------------- real GPU, real sizes
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("precision", ["highest", "high"])
+@pytest.mark.parametrize(
+    "shape", [(2, 256, 8192), (2, 2048, 8192), (3, 1000, 2049), (2, 8192, 1024), (2, 512, 16384)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_gpu_real_sizes(shape, dtype, precision) -> None:
+    if precision == "high" and dtype != torch.float32:
+        pytest.skip("matmul precision applies to float32 only")
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        tol = 1e-3 if (dtype == torch.float32 and precision == "high") else TOLERANCE[dtype]
+        v, n, d = shape
+        check_against_reference(make_views(v, n, d, dtype, seed=n + d), tol)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+@gpu
+@needs_gpu
+def test_gpu_bitwise_deterministic_100_calls() -> None:
+    views = make_views(2, 1024, 4096, torch.bfloat16, seed=0)
+    first = None
+    for _ in range(100):
+        loss = smi_loss(*views, backend="triton")
+        grads = torch.autograd.grad(loss, views)
+        current = torch.cat([loss.reshape(1).float(), *[g.float().flatten() for g in grads]])
+        if first is None:
+            first = current
+        assert torch.equal(current, first)
+
+
+@gpu
+@needs_gpu
+@pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="no compute-sanitizer")
+def test_gpu_compute_sanitizer_clean() -> None:
+    script = (
+        "import torch\nfrom smi_kernels import smi_loss\n"
+        "a = torch.randn(37, 70, device='cuda', requires_grad=True)\n"
+        "b = torch.randn(37, 70, device='cuda', requires_grad=True)\n"
+        "smi_loss(a, b, backend='triton').backward()\ntorch.cuda.synchronize()\n"
+    )
+    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
+    result = subprocess.run(
+        ["compute-sanitizer", "--error-exitcode", "1", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
