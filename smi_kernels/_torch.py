@@ -63,7 +63,7 @@ def standardize_rows(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def positive_pairs(zh: Tensor, projected: Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
-    """``rho^{uv}_i`` for every pair of views u < v, shape (V(V-1)/2, N), and the pairs.
+    """``1 - rho^{uv}_i`` for every pair of views u < v, shape (V(V-1)/2, N), and the pairs.
 
     ``1 - rho = ||zh_a - zh_b||^2 / 2`` for unit rows; a clamped (near-constant) row is not of
     unit norm and adds its defect ``1 - ||zh||^2``. This keeps ``1 - rho^2`` accurate to a few
@@ -74,8 +74,7 @@ def positive_pairs(zh: Tensor, projected: Tensor) -> tuple[Tensor, list[tuple[in
     rows = []
     for u, v in pairs:
         gap = torch.linalg.vector_norm(zh[u] - zh[v], dim=-1) ** 2
-        one_minus_rho = (0.5 * (gap + defect[u] + defect[v])).clamp(0.0, 2.0)
-        rows.append(1.0 - one_minus_rho)
+        rows.append((0.5 * (gap + defect[u] + defect[v])).clamp(0.0, 2.0))
     return torch.stack(rows), pairs
 
 
@@ -84,12 +83,6 @@ def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
     if torch.amp.is_autocast_available(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
-
-
-def _transform(rho: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """``(m, m')`` at rho, which is already clamped to [-1, 1]."""
-    t = 1.0 - rho * rho + eps
-    return -0.5 * torch.log(t), rho / t
 
 
 class _SMIFunction(torch.autograd.Function):
@@ -110,9 +103,10 @@ class _SMIFunction(torch.autograd.Function):
         z = torch.stack([view.to(dtype) for view in views])  # (V, N, D)
         zh, s, projected = standardize_rows(z)
 
-        rho_pos, pairs = positive_pairs(zh, projected)
-        rho_pos = rho_pos.clamp(-1.0, 1.0)
-        m_pos, dm_pos = _transform(rho_pos, eps)
+        one_minus_rho, pairs = positive_pairs(zh, projected)
+        rho_pos = 1.0 - one_minus_rho
+        t_pos = one_minus_rho * (2.0 - one_minus_rho) + eps  # 1 - rho^2 + eps, no cancellation
+        m_pos = -0.5 * torch.log(t_pos)
         align = ((1.0 - m_pos) ** 2).sum()
 
         p = v_count * n
@@ -141,7 +135,7 @@ class _SMIFunction(torch.autograd.Function):
         ctx.pairs = pairs
         ctx.input_dtype = views[0].dtype
         if need_grad:
-            align_grad = -2.0 * (1.0 - m_pos) * dm_pos  # dL_align/drho^{uv}_i
+            align_grad = -2.0 * (1.0 - m_pos) * rho_pos / t_pos  # dL_align/drho^{uv}_i
             ctx.save_for_backward(zh_flat, s.view(p), projected.view(p), g_sym, align_grad)
         return out
 
