@@ -35,10 +35,11 @@ def _accumulator(dtype: torch.dtype) -> torch.dtype:
 
 
 def _input_precision(dtype: torch.dtype) -> str:
-    """tf32 for float32 when torch allows it (as torch.matmul does), IEEE otherwise."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        return "tf32"
-    return "ieee"
+    """float32: IEEE, or TF32 when torch allows it (as torch.matmul does). 16-bit operands always
+    take the tensor cores (Triton's default "tf32" leaves them as they are); float64: IEEE."""
+    if dtype == torch.float32:
+        return "tf32" if torch.get_float32_matmul_precision() != "highest" else "ieee"
+    return "ieee" if dtype == torch.float64 else "tf32"
 
 
 def _widen_dot(device: torch.device, dtype: torch.dtype) -> bool:
