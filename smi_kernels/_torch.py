@@ -5,16 +5,15 @@ row p = u N + i is sample i of view u.
 
 Forward::
 
-    mu_p   = mean_k z_pk                      (then a second centring pass, see below)
-    s_p    = max(||z_p - mu_p||, 1e-12)       (the norm accumulated in float64: no overflow or
-                                               underflow for any float32 input)
+    mu_p   = mean_k z_pk                      (rows pre-scaled by a power of two, and centred
+    s_p    = max(||z_p - mu_p||, 1e-12)        twice: see standardize_rows)
     zh_p   = (z_p - mu_p) / s_p
     S      = Z Z^T,  Z = [zh_1; ...; zh_V]    (only the V(V+1)/2 blocks u <= v are multiplied)
     m(rho) = -1/2 log(1 - rho^2 + eps)        (rho = S_pq clamped to [-1, 1])
 
     L_red   = sum over every block of its off-diagonal m^2   (self blocks hold both orders)
-    L_align = sum_{u<v} sum_i (1 - m(rho^{uv}_i))^2,
-              1 - rho^{uv}_i = ||zh^u_i - zh^v_i||^2 / 2   (positive pairs, no cancellation)
+    L_align = sum_{u<v} sum_i (1 - m(rho^{uv}_i))^2,   with, for the positive pairs,
+              1 -+ rho^{uv}_i = ||zh^u_i -+ zh^v_i||^2 / 2   (no cancellation at rho = +-1)
 
 Backward, with G = dL_red/dS (symmetric, zero on the diagonal and on the positive pairs) and
 a^{uv}_i = dL_align/drho^{uv}_i = -2 (1 - m) m'::
@@ -30,7 +29,6 @@ where ``(c_loss, c_align, c_red)`` are the incoming gradients of ``(L, L_align, 
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Sequence
 
 import torch
@@ -44,38 +42,71 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
+def view_pairs(v_count: int) -> list[tuple[int, int]]:
+    """The pairs of distinct views u < v (plain loops: torch.compile traces them)."""
+    return [(u, v) for u in range(v_count) for v in range(u + 1, v_count)]
+
+
 def standardize_rows(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Standardise the rows of ``z`` (..., D): ``(zh, s, projected)``.
 
     ``s`` has a trailing singleton dimension; ``projected`` is True where ``s`` was not clamped
     to the floor (only there does the backward remove the radial component).
-    The second centring pass removes what float cancellation left of a large common offset
-    (``z = 1e6 + noise`` in float32); the norm is accumulated in float64 so that rows near the
-    float32 maximum or at subnormal scale neither overflow nor underflow.
+    Each row is first divided by a power of two near its largest magnitude (exact, and
+    standardisation does not depend on scale), so rows near the float32 maximum or at subnormal
+    scale neither overflow nor underflow. The second centring pass removes what float
+    cancellation left of a large common offset (``z = 1e6 + noise`` in float32).
     """
-    centred = z - z.mean(dim=-1, keepdim=True)
+    peak = z.abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(peak > 0, torch.exp2(torch.floor(torch.log2(peak))), 1.0)
+    x = z / scale
+    centred = x - x.mean(dim=-1, keepdim=True)
     centred = centred - centred.mean(dim=-1, keepdim=True)
-    accumulate = torch.float64 if centred.dtype != torch.float64 else None
-    norm = torch.linalg.vector_norm(centred, dim=-1, keepdim=True, dtype=accumulate)
-    projected = norm >= ROW_SCALE_FLOOR
-    s = norm.clamp(min=ROW_SCALE_FLOOR).to(centred.dtype)
-    return centred / s, s, projected
+    norm = torch.linalg.vector_norm(centred, dim=-1, keepdim=True)  # of the scaled row
+    projected = norm * scale >= ROW_SCALE_FLOOR
+    s = (norm * scale).clamp(min=ROW_SCALE_FLOOR)
+    # a clamped row is c / 1e-12 = (centred * scale) / 1e-12, in that order: scale may be large
+    # only when centred is exactly zero
+    zh = torch.where(projected, centred / norm, centred * scale / ROW_SCALE_FLOOR)
+    return zh, s, projected
 
 
-def positive_pairs(zh: Tensor, projected: Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
-    """``1 - rho^{uv}_i`` for every pair of views u < v, shape (V(V-1)/2, N), and the pairs.
+def positive_pairs(
+    zh: Tensor, projected: Tensor
+) -> tuple[Tensor, Tensor, Tensor, list[tuple[int, int]]]:
+    """``(rho, 1 - rho, 1 + rho)`` of every pair of views u < v, each (V(V-1)/2, N), and the pairs.
 
-    ``1 - rho = ||zh_a - zh_b||^2 / 2`` for unit rows; a clamped (near-constant) row is not of
-    unit norm and adds its defect ``1 - ||zh||^2``. This keeps ``1 - rho^2`` accurate to a few
-    ulps of itself when the two views nearly agree, where ``1 - zh_a . zh_b`` would cancel.
+    For unit rows ``1 - rho = ||zh_a - zh_b||^2 / 2`` and ``1 + rho = ||zh_a + zh_b||^2 / 2``:
+    ``1 - rho^2`` then keeps full relative accuracy when the views nearly agree (rho -> 1) or
+    nearly oppose (rho -> -1), where ``1 - (zh_a . zh_b)^2`` would cancel. rho itself is the dot
+    product where it is small and ``1 -+ (1 -+ rho)`` near +-1. A clamped (near-constant) row is
+    not of unit norm: its pairs use the dot product alone.
     """
-    defect = torch.where(projected.squeeze(-1), 0.0, 1.0 - (zh * zh).sum(-1))
-    pairs = list(itertools.combinations(range(zh.shape[0]), 2))
-    rows = []
+    unit = projected.squeeze(-1)
+    pairs = view_pairs(zh.shape[0])
+    rho_rows, minus_rows, plus_rows = [], [], []
     for u, v in pairs:
-        gap = torch.linalg.vector_norm(zh[u] - zh[v], dim=-1) ** 2
-        rows.append((0.5 * (gap + defect[u] + defect[v])).clamp(0.0, 2.0))
-    return torch.stack(rows), pairs
+        dot = (zh[u] * zh[v]).sum(-1)
+        one_minus = 0.5 * ((zh[u] - zh[v]) ** 2).sum(-1)
+        one_plus = 0.5 * ((zh[u] + zh[v]) ** 2).sum(-1)
+        near = torch.where(dot > 0, 1.0 - one_minus, one_plus - 1.0)
+        both = unit[u] & unit[v]
+        rho = torch.where(both & (dot.abs() > 0.5), near, dot).clamp(-1.0, 1.0)
+        rho_rows.append(rho)
+        minus_rows.append(torch.where(both, one_minus.clamp(0.0, 2.0), 1.0 - rho))
+        plus_rows.append(torch.where(both, one_plus.clamp(0.0, 2.0), 1.0 + rho))
+    return torch.stack(rho_rows), torch.stack(minus_rows), torch.stack(plus_rows), pairs
+
+
+def refuse_double_backward() -> None:
+    """Raise when a backward runs with grad mode on (``create_graph=True``): the backward works
+    on saved tensors that carry no graph, so its own derivative would silently be missing."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "smi_kernels: double backward through the SMI loss is not supported (its backward "
+            "is not differentiable); call backward/autograd.grad without create_graph=True, "
+            "or use reference.smi for higher-order derivatives"
+        )
 
 
 def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
@@ -89,34 +120,40 @@ class _SMIFunction(torch.autograd.Function):
     """Returns the vector ``(L, L_align, L_red)`` in the compute dtype."""
 
     @staticmethod
-    def forward(ctx, lambda_param: float, eps: float, *views: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, lambda_param: float, eps: float, need_grad: bool, *views: Tensor
+    ) -> Tensor:
         with autocast_disabled(views[0].device.type):
-            return _SMIFunction._forward(ctx, lambda_param, eps, views)
+            return _SMIFunction._forward(ctx, lambda_param, eps, need_grad, views)
 
     @staticmethod
-    def _forward(ctx, lambda_param: float, eps: float, views: Sequence[Tensor]) -> Tensor:
+    def _forward(
+        ctx, lambda_param: float, eps: float, need_grad: bool, views: Sequence[Tensor]
+    ) -> Tensor:
         v_count = len(views)
         n, d = views[0].shape
         dtype = compute_dtype(views[0].dtype)
-        need_grad = any(ctx.needs_input_grad[2:])
 
         z = torch.stack([view.to(dtype) for view in views])  # (V, N, D)
         zh, s, projected = standardize_rows(z)
 
-        one_minus_rho, pairs = positive_pairs(zh, projected)
-        rho_pos = 1.0 - one_minus_rho
-        t_pos = one_minus_rho * (2.0 - one_minus_rho) + eps  # 1 - rho^2 + eps, no cancellation
+        rho_pos, one_minus_rho, one_plus_rho, pairs = positive_pairs(zh, projected)
+        t_pos = one_minus_rho * one_plus_rho + eps  # 1 - rho^2 + eps, no cancellation
         m_pos = -0.5 * torch.log(t_pos)
         align = ((1.0 - m_pos) ** 2).sum()
 
         p = v_count * n
         zh_flat = zh.view(p, d)
         red = zh.new_zeros(())
+        blocks = [(u, v) for u in range(v_count) for v in range(u, v_count)]  # u <= v
         g_sym = zh.new_empty((p, p)) if need_grad else None
-        for u, v in itertools.combinations_with_replacement(range(v_count), 2):
+        for u, v in blocks:
             block = torch.mm(zh[u], zh[v].T).clamp_(-1.0, 1.0)  # rho, N x N
-            t = torch.addcmul(torch.full_like(block, 1.0 + eps), block, block, value=-1.0)
-            log_t = t.log()
+            # log t = log1p(eps - rho^2): t is near 1 for most entries, and rounding t to the
+            # ulp of 1 first would cost the small m their relative accuracy
+            x = torch.addcmul(torch.full_like(block, eps), block, block, value=-1.0)
+            log_t = torch.log1p(x)
+            t = x.add_(1.0)
             # sum of m^2 = sum (log t)^2 / 4 over the off-diagonal; the diagonal is p = q (self)
             # or the positive pairs (cross), neither of which is a redundancy term
             log_t.diagonal().zero_()
@@ -141,6 +178,7 @@ class _SMIFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        refuse_double_backward()
         with autocast_disabled(grad_out.device.type):
             return _SMIFunction._backward(ctx, grad_out)
 
@@ -151,7 +189,7 @@ class _SMIFunction(torch.autograd.Function):
         c_align = g_loss + g_align
         c_red = ctx.lambda_param * g_loss + g_red
         p, d = zh_flat.shape
-        v_count = len(ctx.needs_input_grad) - 2
+        v_count = len(ctx.needs_input_grad) - 3
         n = p // v_count
 
         dzh = torch.mm(g_sym, zh_flat).mul_(c_red).view(v_count, n, d)
@@ -165,10 +203,11 @@ class _SMIFunction(torch.autograd.Function):
         radial = torch.where(projected, (zh_flat * dzh).sum(-1), 0.0)
         dz = dzh.sub_(dzh.mean(-1, keepdim=True)).sub_(zh_flat * radial.unsqueeze(-1))
         dz = dz.div_(s.unsqueeze(-1)).to(ctx.input_dtype).view(v_count, n, d)
-        grads = [dz[k] if ctx.needs_input_grad[2 + k] else None for k in range(v_count)]
-        return (None, None, *grads)
+        grads = [dz[k] if ctx.needs_input_grad[3 + k] else None for k in range(v_count)]
+        return (None, None, None, *grads)
 
 
 def smi_torch(views: Sequence[Tensor], lambda_param: float, eps: float) -> Tensor:
     """``(L, L_align, L_red)`` by the PyTorch path, differentiable in every view."""
-    return _SMIFunction.apply(lambda_param, eps, *views)
+    need_grad = torch.is_grad_enabled() and any(view.requires_grad for view in views)
+    return _SMIFunction.apply(lambda_param, eps, need_grad, *views)

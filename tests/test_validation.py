@@ -328,13 +328,6 @@ def test_nan_input_backward_does_not_raise() -> None:
     assert a.grad is not None and a.grad.shape == a.shape
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: rows near the float32 maximum overflow in the row mean (float32 sum) and in "
-        "z - mu, so finite inputs give a NaN loss"
-    ),
-)
 @pytest.mark.parametrize(
     "row", ["constant-3e38", "seven-3e38-and-0", "pm-2e38"], ids=lambda row: row
 )
@@ -355,14 +348,6 @@ def test_finite_inputs_near_float32_max_give_finite_loss(row: str) -> None:
 
 CONSTANT_CASES = ["one-row", "whole-view", "both-views", "zero-row"]
 CONSTANT_DTYPES = [F64, torch.float32, torch.bfloat16, torch.float16]
-CONSTANT_BUG = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: a constant row's rho with its positive partner is computed as "
-        "1 - (||zh_a||^2 + 1) / 2, the rounding of ||zh_a||^2 (not 0), and its gradient is "
-        "divided by the 1e-12 floor of s: ~1e5 in float32, inf in float16 (the exact value is 0)"
-    ),
-)
 
 
 def constant_views(case: str, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
@@ -387,7 +372,6 @@ CONSTANT_PARAMS = [
         case,
         dtype,
         id=f"{case}-{str(dtype).removeprefix('torch.')}",
-        marks=CONSTANT_BUG if (case, dtype) == ("whole-view", torch.float16) else (),
     )
     for case in CONSTANT_CASES
     for dtype in CONSTANT_DTYPES
@@ -415,7 +399,6 @@ def test_constant_rows_are_finite(case: str, dtype: torch.dtype) -> None:
         assert float((grad - grad_ref).norm() / grad_ref.norm()) <= 1e-10
 
 
-@CONSTANT_BUG
 @pytest.mark.parametrize("dtype", [F64, torch.float32, torch.float16], ids=str)
 def test_constant_row_gradient_is_zero(dtype: torch.dtype) -> None:
     """Every rho of a constant row is exactly 0 and m'(0) = 0: its gradient is 0 (the reference

@@ -19,6 +19,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from smi_kernels import memory
 from smi_kernels._math import float16_gradient_scale
+from smi_kernels._torch import refuse_double_backward
 from smi_kernels._triton import configs
 from smi_kernels._triton.grad import gram_backward_kernel
 from smi_kernels._triton.gram import finalize_block, finalize_kernel, gram_forward_kernel
@@ -229,6 +230,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grads):
+    refuse_double_backward()
     if not ctx.need_grad:
         raise RuntimeError(
             "smi_kernels::smi_forward ran with need_grad=False, so G was not stored; "
