@@ -4,7 +4,7 @@ Z (P x D) stacks the standardised views, row p = u N + i. A program owns one til
 pb <= qb of S (the upper triangle: S is symmetric), runs the K-loop over D with tl.dot and fp32
 accumulation, and then, in registers:
 
-    rho   = clamp(S_pq, -1, 1),   t = 1 - rho^2 + eps,   m = -1/2 log t,   m' = rho / t
+    rho   = clamp(S_pq, -1, 1),   t = 1 - rho^2 + eps,   m = -1/2 log1p(eps - rho^2),   m' = rho / t
     entry classes from the indices (u_p, i_p), (u_q, i_q):
         i_p == i_q           the diagonal p = q, or a positive pair: not a redundancy term
                              (positives are handled by the standardisation kernel)
@@ -29,6 +29,15 @@ import triton
 import triton.language as tl
 
 from smi_kernels._triton.rounding import to_storage
+
+
+@triton.jit
+def log1p(x, one_plus_x):
+    """log(1 + x) to full relative accuracy for small x, from log alone: the rounding of 1 + x
+    is divided back out (t - 1 is exact). Most entries of S have t = 1 - rho^2 + eps near 1,
+    where log(t) would keep only the ulp of 1 of the small m."""
+    w = one_plus_x - 1.0
+    return tl.where(w == 0.0, x, tl.log(one_plus_x) * (x / tl.where(w == 0.0, 1.0, w)))
 
 
 @triton.jit
@@ -87,8 +96,9 @@ def gram_forward_kernel(
         weight = tl.where(view_p[:, None] == view_q[None, :], 2.0, 1.0)
 
         rho = tl.clamp(acc, -1.0, 1.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN
-        t = 1.0 - rho * rho + eps
-        log_t = tl.log(t)
+        x = eps - rho * rho
+        t = 1.0 + x
+        log_t = log1p(x, t)
         upper = offs_p[:, None] < offs_q[None, :]
         terms = tl.where(redundancy & upper, weight * log_t * log_t, 0.0)
         red = tl.sum(tl.sum(terms, axis=1), axis=0) * 0.25

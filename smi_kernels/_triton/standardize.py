@@ -3,14 +3,18 @@
 One program per sample i handles the V rows z^u_i (u = 0..V-1) together as a (V, BLOCK_D) tile,
 so the positive pairs (z^u_i, z^v_i) meet in registers:
 
-    mu^u      = mean_k z^u_ik                          pass 1
-    c^u       = (z^u - mu^u) - mean_k(z^u - mu^u)      pass 2 (second centring: large offsets)
-    s^u       = max(a^u ||c^u / a^u||, 1e-12),  a^u = max_k |z^u_k - mu^u|
-                                                       pass 3 (scaled: no overflow, no underflow)
-    zh^u      = c^u / s^u                               pass 4, written out
-    1 - rho^{uv} = (||zh^u - zh^v||^2 + d^u + d^v) / 2  pass 4, d = 0 for unit rows, else the
-                                                        defect 1 - ||zh||^2 of a clamped row
-    t^{uv}    = (1 - rho)(1 + rho) + eps                (no cancellation as rho -> 1)
+    a^u       = a power of two near max_k |z^u_k|        pass 0 (x = z / a is exact, and the
+                                                          standardisation does not see scale)
+    mu^u      = mean_k x^u_k                             pass 1
+    c^u       = (x^u - mu^u) - mean_k(x^u - mu^u)        pass 2 (second centring: large offsets)
+    s^u       = max(a^u ||c^u||, 1e-12)                  pass 3
+    zh^u      = c^u / ||c^u||, or a^u c^u / 1e-12 where s was clamped
+                                                         pass 4, written out
+    for the pairs, also in pass 4:
+    1 -+ rho^{uv} = ||zh^u -+ zh^v||^2 / 2               for unit rows: no cancellation as
+                                                         rho -> +-1
+    rho^{uv}      = zh^u . zh^v where |rho| <= 1/2 or a row was clamped, else 1 -+ (1 -+ rho)
+    t^{uv}    = (1 - rho)(1 + rho) + eps
     m^{uv}    = -1/2 log t,   m' = rho / t
     L_align,i = sum_{u<v} (1 - m^{uv})^2
     a^{uv}_i  = dL_align / drho^{uv}_i = -2 (1 - m) m'   (stored for the backward)
@@ -25,6 +29,20 @@ import triton
 import triton.language as tl
 
 from smi_kernels._triton.rounding import to_storage
+
+
+@triton.jit
+def power_of_two_floor(x):
+    """The largest power of two <= x > 0 (its exponent bits), the smallest normal for x = 0;
+    Inf and NaN give Inf, so their rows turn into NaN downstream."""
+    if x.dtype == tl.float64:
+        bits = x.to(tl.uint64, bitcast=True) & 0x7FF0000000000000
+        floor = bits.to(tl.float64, bitcast=True)
+        return tl.where(floor > 0, floor, 2.2250738585072014e-308)
+    else:
+        bits = x.to(tl.uint32, bitcast=True) & 0x7F800000
+        floor = bits.to(tl.float32, bitcast=True)
+        return tl.where(floor > 0, floor, 1.1754943508222875e-38)
 
 
 @triton.jit
@@ -52,57 +70,70 @@ def standardize_kernel(
     rows = z_ptr + (u.to(tl.int64) * N + i) * D  # (V_BLOCK,) row starts
     out_rows = zh_ptr + (u.to(tl.int64) * N + i) * D
 
+    # pass 0: the power of two a (exponent bits of max |z|; the smallest normal for 0)
+    peak = tl.zeros((V_BLOCK,), acc_dtype)
+    for k0 in range(0, D, BLOCK_D):
+        mask = view_ok[:, None] & (k0 + k < D)[None, :]
+        z = tl.load(rows[:, None] + (k0 + k)[None, :], mask=mask, other=0.0).to(acc_dtype)
+        peak = tl.maximum(peak, tl.max(tl.abs(z), axis=1))
+    scale = power_of_two_floor(peak)
+
     # pass 1: mu
     total = tl.zeros((V_BLOCK,), acc_dtype)
     for k0 in range(0, D, BLOCK_D):
         mask = view_ok[:, None] & (k0 + k < D)[None, :]
         z = tl.load(rows[:, None] + (k0 + k)[None, :], mask=mask, other=0.0).to(acc_dtype)
-        total += tl.sum(z, axis=1)
+        total += tl.sum(z / scale[:, None], axis=1)
     mu = total / D
 
-    # pass 2: the residual mean after centring, and the scale a
+    # pass 2: the residual mean after centring
     total = tl.zeros((V_BLOCK,), acc_dtype)
-    peak = tl.zeros((V_BLOCK,), acc_dtype)
     for k0 in range(0, D, BLOCK_D):
         mask = view_ok[:, None] & (k0 + k < D)[None, :]
         z = tl.load(rows[:, None] + (k0 + k)[None, :], mask=mask, other=0.0).to(acc_dtype)
-        c = tl.where(mask, z - mu[:, None], 0.0)
-        total += tl.sum(c, axis=1)
-        peak = tl.maximum(peak, tl.max(tl.abs(c), axis=1))
+        total += tl.sum(tl.where(mask, z / scale[:, None] - mu[:, None], 0.0), axis=1)
     mu2 = total / D
-    scale = tl.where(peak > 0, peak, 1.0)
 
-    # pass 3: ||c|| = a ||c / a||
+    # pass 3: ||c||
     total = tl.zeros((V_BLOCK,), acc_dtype)
     for k0 in range(0, D, BLOCK_D):
         mask = view_ok[:, None] & (k0 + k < D)[None, :]
         z = tl.load(rows[:, None] + (k0 + k)[None, :], mask=mask, other=0.0).to(acc_dtype)
-        c = tl.where(mask, ((z - mu[:, None]) - mu2[:, None]) / scale[:, None], 0.0)
+        c = tl.where(mask, (z / scale[:, None] - mu[:, None]) - mu2[:, None], 0.0)
         total += tl.sum(c * c, axis=1)
-    norm = scale * tl.sqrt(total)
-    projected = norm >= 1e-12
-    s = tl.where(projected, norm, 1e-12)
+    norm = tl.sqrt(total)
+    projected = norm * scale >= 1e-12
+    s = tl.maximum(norm * scale, 1e-12)
     tl.store(s_ptr + u * N + i, s, mask=view_ok)
     tl.store(projected_ptr + u * N + i, projected.to(acc_dtype), mask=view_ok)
 
-    # pass 4: zh, its squared norm, and the squared distances between the views of sample i
-    sq_norm = tl.zeros((V_BLOCK,), acc_dtype)
-    gap = tl.zeros((V_BLOCK, V_BLOCK), acc_dtype)
+    # pass 4: zh, and ||zh^u -+ zh^v||^2 and zh^u . zh^v for every pair of views of sample i
+    gap_minus = tl.zeros((V_BLOCK, V_BLOCK), acc_dtype)
+    gap_plus = tl.zeros((V_BLOCK, V_BLOCK), acc_dtype)
+    dot = tl.zeros((V_BLOCK, V_BLOCK), acc_dtype)
     for k0 in range(0, D, BLOCK_D):
         mask = view_ok[:, None] & (k0 + k < D)[None, :]
         z = tl.load(rows[:, None] + (k0 + k)[None, :], mask=mask, other=0.0).to(acc_dtype)
-        zh = tl.where(mask, ((z - mu[:, None]) - mu2[:, None]) / s[:, None], 0.0)
+        c = tl.where(mask, (z / scale[:, None] - mu[:, None]) - mu2[:, None], 0.0)
+        # (c a) / 1e-12 in that order: a is large only when c is exactly zero
+        zh = tl.where(projected[:, None], c / norm[:, None], (c * scale[:, None]) / 1e-12)
         stored = to_storage(zh, zh_ptr.dtype.element_ty, EMULATE_RTNE)
         tl.store(out_rows[:, None] + (k0 + k)[None, :], stored, mask=mask)
-        sq_norm += tl.sum(zh * zh, axis=1)
-        diff = zh[:, None, :] - zh[None, :, :]
-        gap += tl.sum(diff * diff, axis=2)
+        minus = zh[:, None, :] - zh[None, :, :]
+        plus = zh[:, None, :] + zh[None, :, :]
+        gap_minus += tl.sum(minus * minus, axis=2)
+        gap_plus += tl.sum(plus * plus, axis=2)
+        dot += tl.sum(zh[:, None, :] * zh[None, :, :], axis=2)
 
-    defect = tl.where(projected, 0.0, 1.0 - sq_norm)
-    one_minus_rho = 0.5 * (gap + defect[:, None] + defect[None, :])
-    one_minus_rho = tl.clamp(one_minus_rho, 0.0, 2.0, propagate_nan=tl.PropagateNan.ALL)
-    rho = 1.0 - one_minus_rho
-    t = one_minus_rho * (2.0 - one_minus_rho) + eps
+    unit = projected[:, None] & projected[None, :]
+    near = tl.where(dot > 0, 1.0 - 0.5 * gap_minus, 0.5 * gap_plus - 1.0)
+    rho = tl.where(unit & (tl.abs(dot) > 0.5), near, dot)
+    rho = tl.clamp(rho, -1.0, 1.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN
+    one_minus = tl.where(unit, 0.5 * gap_minus, 1.0 - rho)
+    one_plus = tl.where(unit, 0.5 * gap_plus, 1.0 + rho)
+    one_minus = tl.clamp(one_minus, 0.0, 2.0, propagate_nan=tl.PropagateNan.ALL)
+    one_plus = tl.clamp(one_plus, 0.0, 2.0, propagate_nan=tl.PropagateNan.ALL)
+    t = one_minus * one_plus + eps
     m = -0.5 * tl.log(t)
     align_grad = -2.0 * (1.0 - m) * rho / t
     pair = view_ok[:, None] & view_ok[None, :] & (u[:, None] != u[None, :])
