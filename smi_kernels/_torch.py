@@ -57,17 +57,18 @@ def standardize_rows(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     scale neither overflow nor underflow. The second centring pass removes what float
     cancellation left of a large common offset (``z = 1e6 + noise`` in float32).
     """
-    peak = z.abs().amax(dim=-1, keepdim=True)
+    peak = torch.linalg.vector_norm(z, ord=float("inf"), dim=-1, keepdim=True)
     scale = torch.where(peak > 0, torch.exp2(torch.floor(torch.log2(peak))), 1.0)
-    x = z / scale
-    centred = x - x.mean(dim=-1, keepdim=True)
-    centred = centred - centred.mean(dim=-1, keepdim=True)
+    centred = z / scale
+    centred = centred.sub_(centred.mean(dim=-1, keepdim=True))
+    centred = centred.sub_(centred.mean(dim=-1, keepdim=True))
     norm = torch.linalg.vector_norm(centred, dim=-1, keepdim=True)  # of the scaled row
     projected = norm * scale >= ROW_SCALE_FLOOR
     s = (norm * scale).clamp(min=ROW_SCALE_FLOOR)
-    # a clamped row is c / 1e-12 = (centred * scale) / 1e-12, in that order: scale may be large
-    # only when centred is exactly zero
-    zh = torch.where(projected, centred / norm, centred * scale / ROW_SCALE_FLOOR)
+    # a clamped row is c / 1e-12 = (centred * scale) / 1e-12; scale / 1e-12 can overflow only
+    # when scale is huge, and then a clamped row is exactly zero: any finite factor will do
+    clamped_factor = (scale / ROW_SCALE_FLOOR).clamp(max=torch.finfo(z.dtype).max)
+    zh = centred.mul_(torch.where(projected, 1.0 / norm, clamped_factor))
     return zh, s, projected
 
 
@@ -200,8 +201,8 @@ class _SMIFunction(torch.autograd.Function):
             dzh[v].addcmul_(a[k], zh[u])
         dzh = dzh.view(p, d)
 
-        radial = torch.where(projected, (zh_flat * dzh).sum(-1), 0.0)
-        dz = dzh.sub_(dzh.mean(-1, keepdim=True)).sub_(zh_flat * radial.unsqueeze(-1))
+        radial = torch.where(projected, torch.linalg.vecdot(zh_flat, dzh), 0.0)
+        dz = dzh.sub_(dzh.mean(-1, keepdim=True)).addcmul_(zh_flat, radial.unsqueeze(-1), value=-1)
         dz = dz.div_(s.unsqueeze(-1)).to(ctx.input_dtype).view(v_count, n, d)
         grads = [dz[k] if ctx.needs_input_grad[3 + k] else None for k in range(v_count)]
         return (None, None, None, *grads)
