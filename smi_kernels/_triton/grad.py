@@ -30,6 +30,22 @@ from smi_kernels._triton.rounding import to_storage
 
 
 @triton.jit
+def accumulate_tile(
+    acc, g, zh_ptr, rows_q, offs_d, P, D, INPUT_PRECISION: tl.constexpr, WIDEN_DOT: tl.constexpr
+):
+    """acc + G_sym[p-block, q-block] @ Z[q-block, d-chunk]."""
+    z = tl.load(
+        zh_ptr + rows_q.to(tl.int64)[:, None] * D + offs_d[None, :],
+        mask=(rows_q < P)[:, None] & (offs_d < D)[None, :],
+        other=0.0,
+    )
+    if WIDEN_DOT:
+        g = g.to(tl.float32)
+        z = z.to(tl.float32)
+    return tl.dot(g, z, acc, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
 def gram_backward_kernel(
     zh_ptr,  # (P, D)
     s_ptr,  # (P,)
@@ -66,29 +82,15 @@ def gram_backward_kernel(
     for qb in range(0, pb):  # below the diagonal: the transpose of stored tile (qb, pb)
         tile = packed_tile_index(qb, pb, num_blocks)
         g = tl.trans(tl.load(g_ptr + tile * (BLOCK * BLOCK) + tile_offsets))
-        rows_q = qb * BLOCK + r
-        z = tl.load(
-            zh_ptr + rows_q.to(tl.int64)[:, None] * D + offs_d[None, :],
-            mask=(rows_q < P)[:, None] & col_ok,
-            other=0.0,
+        acc = accumulate_tile(
+            acc, g, zh_ptr, qb * BLOCK + r, offs_d, P, D, INPUT_PRECISION, WIDEN_DOT
         )
-        if WIDEN_DOT:
-            g = g.to(tl.float32)
-            z = z.to(tl.float32)
-        acc = tl.dot(g, z, acc, input_precision=INPUT_PRECISION)
     for qb in range(pb, num_blocks):  # on and above the diagonal: stored tile (pb, qb)
         tile = packed_tile_index(pb, qb, num_blocks)
         g = tl.load(g_ptr + tile * (BLOCK * BLOCK) + tile_offsets)
-        rows_q = qb * BLOCK + r
-        z = tl.load(
-            zh_ptr + rows_q.to(tl.int64)[:, None] * D + offs_d[None, :],
-            mask=(rows_q < P)[:, None] & col_ok,
-            other=0.0,
+        acc = accumulate_tile(
+            acc, g, zh_ptr, qb * BLOCK + r, offs_d, P, D, INPUT_PRECISION, WIDEN_DOT
         )
-        if WIDEN_DOT:
-            g = g.to(tl.float32)
-            z = z.to(tl.float32)
-        acc = tl.dot(g, z, acc, input_precision=INPUT_PRECISION)
 
     g_loss = tl.load(grad_out_ptr).to(acc_dtype)
     g_align = tl.load(grad_out_ptr + 1).to(acc_dtype)
