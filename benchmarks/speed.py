@@ -1,0 +1,519 @@
+"""Forward + backward time and peak memory of SMI (fused, PyTorch path, reference) and baselines.
+
+    python benchmarks/speed.py                 # full sweep on CUDA, reduced sweep on the CPU
+    python benchmarks/speed.py --quick         # the reduced sweep anywhere
+    python benchmarks/speed.py --n 64 128 --d 256 --dtypes float32 --out-dir /tmp/speed
+
+One step is ``loss_fn(z_a, z_b).backward()`` on two views (N, D) that require grad.
+
+Time, the median over many steps:
+    CUDA  ``triton.testing.do_bench`` (CUDA events, L2 flushed between steps, grads reset)
+    CPU   wall clock of single steps, the losses of one (N, D) run in alternation, round after
+          round (at least 5 rounds and --min-run-time seconds each): on a machine shared with
+          other work, load that comes and goes falls on every loss alike (timing one loss
+          after another, as ``torch.utils.benchmark`` blocks would, let it land on one loss)
+
+Peak memory, bytes above what was allocated before the step (the inputs do not count; the
+gradients of the inputs do):
+    CUDA  ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus the
+          bytes allocated before the step (the caching allocator's own view)
+    CPU   the storage of every tensor alive at once, followed op by op under a dispatch mode
+          (``harness.LiveMemory``): autograd's saved tensors and every temporary between ops
+          are seen, scratch memory inside one kernel is not. Compiled code allocates its
+          buffers outside the dispatcher, so the torch.compile row has no CPU memory figure.
+
+Sweep: every (N, D) of ``--n`` x ``--d`` with ``--grid full``; with ``--grid cross`` only the N
+sweep at ``--fixed-d`` and the D sweep at ``--fixed-n`` (what the plots draw). Out of memory is
+recorded as "oom" and the sweep goes on.
+
+GEMM roofline: for every (dtype, N, D) the rate of ``torch.mm`` on (P, D) @ (D, P), P = 2N, is
+measured in the same run (its fastest run); the SMI fused and PyTorch-path rows report their
+achieved rate (the cost model's multiply-adds, two flops each, over the measured time) as a
+percentage of it.
+
+Writes ``<out-dir>/speed.json``, ``speed.md`` and ``time_vs_n.png``, ``time_vs_d.png``,
+``memory_vs_n.png``; ``out-dir`` defaults to ``benchmarks/results/<device>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # puts the repository root on sys.path (for `reference`)
+import torch
+from torch import Tensor
+
+import reference
+from smi_kernels import flops as cost_model
+
+FULL_N = (256, 512, 1024, 2048, 4096)
+FULL_D = (2048, 8192, 16384)
+FULL_DTYPES = ("float32", "bfloat16")
+FULL_FIXED = (1024, 8192)  # (N of the D sweep, D of the N sweep)
+QUICK_N = (128, 256, 512, 1024, 2048)
+QUICK_D = (512, 1024, 2048, 4096)
+QUICK_DTYPES = ("float32",)
+QUICK_FIXED = (512, 2048)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+SMI_REFERENCE_COMPILED_KEY = "smi_reference_compiled"
+
+
+def device_slug(device: torch.device) -> str:
+    """``cpu``, or the GPU's name as a path-safe slug (``nvidia-h100-80gb-hbm3``)."""
+    if device.type != "cuda":
+        return device.type
+    name = torch.cuda.get_device_name(device)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def losses(device: torch.device) -> list[harness.Loss]:
+    """The losses timed on ``device``, fused first (CUDA only)."""
+    compiled = torch.compile(reference.smi_loss)
+    smi_compiled = harness.Loss(
+        SMI_REFERENCE_COMPILED_KEY,
+        "SMI reference + torch.compile",
+        lambda z_a, z_b: compiled(z_a, z_b),
+        False,
+        False,
+        "none",
+    )
+    chosen = [
+        harness.SMI_FUSED,
+        harness.SMI_TORCH,
+        harness.SMI_REFERENCE,
+        smi_compiled,
+        harness.BARLOW,
+        harness.VICREG,
+        harness.NTXENT,
+    ]
+    return [loss for loss in chosen if device.type == "cuda" or not loss.cuda_only]
+
+
+def _is_oom(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _error(error: BaseException) -> tuple[str, str]:
+    status = "oom" if _is_oom(error) else "error"
+    return status, f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+
+
+def time_cuda_ms(step: Callable[[], None], mode: str = "median") -> float:
+    """Milliseconds of ``step`` by ``triton.testing.do_bench``: the median (or with
+    ``mode="min"`` the fastest) over CUDA-event timings, L2 flushed in between."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(step, warmup=25, rep=100, return_mode=mode))
+
+
+def time_cpu_interleaved(
+    steps: dict[str, Callable[[], None]], min_run_time: float, min_rounds: int = 5
+) -> dict[str, list[float]]:
+    """Seconds of every step, run in alternation: each round runs each step once, until
+    ``min_rounds`` rounds are done and every step has had ``min_run_time`` seconds. On a
+    machine shared with other work, load that comes and goes then falls on every loss alike
+    instead of on whichever was being timed at the time. A step that raises leaves the rotation
+    (its error is stored under ``"<key>:error"`` as a one-item list holding the exception)."""
+    times: dict[str, list[float]] = {key: [] for key in steps}
+    active = dict(steps)
+    rounds = 0
+    while active:
+        for key, step in list(active.items()):
+            start = time.perf_counter()
+            try:
+                step()
+            except Exception as error:
+                times[f"{key}:error"] = [error]  # type: ignore[list-item]
+                del active[key]
+                continue
+            times[key].append(time.perf_counter() - start)
+        rounds += 1
+        if rounds >= min_rounds and all(sum(times[key]) >= min_run_time for key in active):
+            break
+    return times
+
+
+def peak_bytes(
+    fn: harness.LossFn, z_a: Tensor, z_b: Tensor, device: torch.device, compiled: bool
+) -> int | None:
+    """Peak bytes above the inputs of one step (None: not measurable here)."""
+    z_a.grad = z_b.grad = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn(z_a, z_b).backward()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        z_a.grad = z_b.grad = None
+        return peak
+    if compiled:
+        return None
+    peak = harness.measure_live_peak(fn, z_a, z_b)
+    z_a.grad = z_b.grad = None
+    return peak
+
+
+def model_macs(key: str, n: int, d: int) -> int | None:
+    """Multiply-adds of one step by the cost model (fused and PyTorch-path rows only)."""
+    if key == "smi_fused":
+        return cost_model.fused_forward_macs(n, d) + cost_model.fused_backward_macs(n, d)
+    if key == "smi_torch":
+        # the PyTorch path multiplies the V(V+1)/2 blocks forward and G_sym Z backward
+        return cost_model.naive_forward_macs(n, d) + cost_model.fused_backward_macs(n, d)
+    return None
+
+
+GEMM = "gemm"
+
+
+def _loss_step(
+    loss: harness.Loss, n: int, d: int, dtype: torch.dtype, device: torch.device, seed: int = 0
+) -> tuple[Callable[[], None], Tensor, Tensor]:
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    z_a, z_b = (
+        torch.randn(n, d, generator=generator).to(device=device, dtype=dtype).requires_grad_()
+        for _ in range(2)
+    )
+
+    def step() -> None:
+        z_a.grad = z_b.grad = None
+        loss.fn(z_a, z_b).backward()
+
+    return step, z_a, z_b
+
+
+def _gemm_step(n: int, d: int, dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
+    # torch.mm on (P, D) @ (D, P), P = 2N: the shape of the SMI Gram
+    a = torch.randn(2 * n, d, device=device, dtype=dtype)
+    b = torch.randn(d, 2 * n, device=device, dtype=dtype)
+
+    def step() -> None:
+        torch.mm(a, b)
+
+    return step
+
+
+def measure_point(
+    chosen: Sequence[harness.Loss],
+    n: int,
+    d: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    min_run_time: float,
+    progress: Any = None,
+) -> tuple[float | None, list[dict[str, Any]]]:
+    """The GEMM rate (flop/s, fastest run) and one result row per loss at one (N, D, dtype)."""
+    rows: dict[str, dict[str, Any]] = {}
+    steps: dict[str, Callable[[], None]] = {}
+    tensors: dict[str, tuple[Tensor, Tensor]] = {}
+    for loss in chosen:
+        row: dict[str, Any] = {"status": "ok", "error": None, "time_ms": None, "peak_bytes": None}
+        rows[loss.key] = row
+        try:
+            step, z_a, z_b = _loss_step(loss, n, d, dtype, device)
+            start = time.perf_counter()
+            step()  # warm-up: compilation, autotuning, allocator
+            _synchronize(device)
+            row["first_call_s"] = time.perf_counter() - start
+            steps[loss.key], tensors[loss.key] = step, (z_a, z_b)
+        except Exception as error:  # one configuration failing must not end the sweep
+            row["status"], row["error"] = _error(error)
+    try:
+        steps[GEMM] = _gemm_step(n, d, dtype, device)
+    except Exception as error:
+        if not _is_oom(error):
+            raise
+
+    gemm_s: float | None = None
+    if device.type == "cuda":
+        for key, step in steps.items():
+            try:
+                if key == GEMM:
+                    gemm_s = time_cuda_ms(step, mode="min") * 1e-3
+                else:
+                    rows[key]["time_ms"] = time_cuda_ms(step)
+            except Exception as error:
+                if key != GEMM:
+                    rows[key]["status"], rows[key]["error"] = _error(error)
+            torch.cuda.empty_cache()
+    else:
+        times = time_cpu_interleaved(steps, min_run_time)
+        for key, seconds in times.items():
+            if key.endswith(":error"):
+                owner = key.removesuffix(":error")
+                if owner in rows:
+                    rows[owner]["status"], rows[owner]["error"] = _error(seconds[0])
+            elif key == GEMM:
+                gemm_s = min(seconds) if seconds else None
+            elif seconds:
+                rows[key]["time_ms"] = statistics.median(seconds) * 1e3
+                rows[key]["rounds"] = len(seconds)
+    if progress is not None:
+        progress.update(len(chosen) // 2)
+
+    gemm_rate = 2 * (2 * n) * (2 * n) * d / gemm_s if gemm_s else None
+    for loss in chosen:
+        row = rows[loss.key]
+        if row["status"] == "ok" and loss.key in tensors:
+            try:
+                compiled = loss.key == SMI_REFERENCE_COMPILED_KEY
+                row["peak_bytes"] = peak_bytes(loss.fn, *tensors[loss.key], device, compiled)
+            except Exception as error:
+                row["status"], row["error"] = _error(error)
+        macs = model_macs(loss.key, n, d)
+        if macs is not None and row["time_ms"] is not None and gemm_rate:
+            row["achieved_flops"] = 2 * macs / (row["time_ms"] * 1e-3)
+            row["roofline_pct"] = 100 * row["achieved_flops"] / gemm_rate
+    if progress is not None:
+        progress.update(len(chosen) - len(chosen) // 2)
+    del steps, tensors
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return gemm_rate, [rows[loss.key] for loss in chosen]
+
+
+def sweep_points(
+    ns: Sequence[int], ds: Sequence[int], grid: str, fixed_n: int, fixed_d: int
+) -> list[tuple[int, int]]:
+    """The (N, D) points: the full grid, or the N sweep at fixed D and the D sweep at fixed N."""
+    if grid == "full":
+        points = [(n, d) for n in ns for d in ds]
+    else:
+        points = [(n, fixed_d) for n in ns] + [(fixed_n, d) for d in ds]
+    return sorted(set(points), key=lambda point: (point[0] * point[1], point))
+
+
+def run(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The whole sweep: the JSON payload."""
+    from tqdm import tqdm
+
+    points = sweep_points(args.n, args.d, args.grid, args.fixed_n, args.fixed_d)
+    chosen = [loss for loss in losses(device) if not args.losses or loss.key in args.losses]
+    total = len(args.dtypes) * len(points) * len(chosen)
+    results: list[dict[str, Any]] = []
+    roofline: list[dict[str, Any]] = []
+    with tqdm(total=total, desc="speed", unit="run") as progress:
+        for dtype_name in args.dtypes:
+            for n, d in points:
+                progress.set_postfix_str(f"{dtype_name} N={n} D={d}")
+                rate, rows = measure_point(
+                    chosen, n, d, DTYPES[dtype_name], device, args.min_run_time, progress
+                )
+                roofline.append({"dtype": dtype_name, "n": n, "d": d, "gemm_flops": rate})
+                for loss, row in zip(chosen, rows, strict=True):
+                    results.append(
+                        {"loss": loss.key, "name": loss.name, "dtype": dtype_name, "n": n, "d": d}
+                        | row
+                    )
+    _add_speedups(results)
+    return {
+        "device": device_slug(device),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        ),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "step": "loss_fn(z_a, z_b).backward(), two views (N, D) requiring grad",
+        "timer": (
+            "triton.testing.do_bench median (CUDA events)"
+            if device.type == "cuda"
+            else "median of per-step wall-clock times, the losses of one (N, D) run in "
+            "alternation (>= 5 rounds)"
+        ),
+        "memory": (
+            "torch.cuda.max_memory_allocated above the bytes allocated before the step"
+            if device.type == "cuda"
+            else "peak storage of tensors alive at once, op by op (harness.LiveMemory); "
+            "inputs excluded; not available for torch.compile"
+        ),
+        "grid": args.grid,
+        "fixed_n": args.fixed_n,
+        "fixed_d": args.fixed_d,
+        "roofline": roofline,
+        "results": results,
+    }
+
+
+def _add_speedups(results: list[dict[str, Any]]) -> None:
+    reference_ms = {
+        (row["dtype"], row["n"], row["d"]): row["time_ms"]
+        for row in results
+        if row["loss"] == "smi_reference" and row["time_ms"]
+    }
+    for row in results:
+        base = reference_ms.get((row["dtype"], row["n"], row["d"]))
+        row["speedup_vs_reference"] = base / row["time_ms"] if base and row["time_ms"] else None
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """``speed.md``: one table per dtype, a row per (N, D, loss)."""
+    lines = [
+        f"# Forward + backward: {payload['device_name'] or payload['device']}",
+        "",
+        f"torch {payload['torch']}, {payload['threads']} threads. Timer: {payload['timer']}. "
+        f"Memory: {payload['memory']}. Speed-up: SMI reference time / this time. Roofline: "
+        "the cost model's multiply-adds (2 flops each) over the time, as a share of the "
+        "measured torch.mm rate (fastest run) on (2N, D) @ (D, 2N) of the same dtype.",
+        "",
+    ]
+    rates = {(r["dtype"], r["n"], r["d"]): r["gemm_flops"] for r in payload["roofline"]}
+    for dtype in sorted({row["dtype"] for row in payload["results"]}):
+        lines += [
+            f"## {dtype}",
+            "",
+            "| N | D | loss | time ms | peak MiB | x vs reference | GEMM GFLOP/s | % roofline |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in payload["results"]:
+            if row["dtype"] != dtype:
+                continue
+            if row["status"] != "ok":
+                time_cell = row["status"].upper()
+            else:
+                time_cell = _cell(row["time_ms"], ".3f")
+            rate = rates.get((dtype, row["n"], row["d"])) if "roofline_pct" in row else None
+            peak = row["peak_bytes"] / 2**20 if row["peak_bytes"] is not None else None
+            lines.append(
+                f"| {row['n']} | {row['d']} | {row['name']} | {time_cell} | {_cell(peak, ',.1f')} "
+                f"| {_cell(row['speedup_vs_reference'], '.2f')} "
+                f"| {_cell(rate / 1e9 if rate else None, ',.0f')} "
+                f"| {_cell(row.get('roofline_pct'), '.1f')} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(payload: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Time vs N (at fixed D), time vs D (at fixed N), peak memory vs N; one line per loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [row for row in payload["results"] if row["status"] == "ok"]
+    dtypes = sorted({row["dtype"] for row in payload["results"]})
+    names = {row["loss"]: row["name"] for row in payload["results"]}
+    colours = {key: f"C{index}" for index, key in enumerate(names)}  # one colour a loss
+    figures = [
+        ("time_vs_n.png", "n", "d", payload["fixed_d"], "time_ms", "forward + backward, ms"),
+        ("time_vs_d.png", "d", "n", payload["fixed_n"], "time_ms", "forward + backward, ms"),
+        ("memory_vs_n.png", "n", "d", payload["fixed_d"], "peak_bytes", "peak memory, MiB"),
+    ]
+    written = []
+    for filename, x_key, fixed_key, fixed_value, y_key, y_label in figures:
+        fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
+        for ax, dtype in zip(axes[0], dtypes, strict=True):
+            for key, name in names.items():
+                points = sorted(
+                    (row[x_key], row[y_key])
+                    for row in results
+                    if row["loss"] == key
+                    and row["dtype"] == dtype
+                    and row[fixed_key] == fixed_value
+                    and row[y_key] is not None
+                )
+                if not points:
+                    continue
+                xs, ys = zip(*points, strict=True)
+                if y_key == "peak_bytes":
+                    ys = tuple(y / 2**20 for y in ys)
+                ax.plot(xs, ys, marker="o", label=name, color=colours[key])
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(f"{x_key.upper()} ({fixed_key.upper()} = {fixed_value})")
+            ax.set_ylabel(y_label)
+            ax.set_title(f"{payload['device']}, {dtype}")
+            ax.grid(True, which="both", alpha=0.3)
+            if ax.has_data():
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / filename
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def parse_args(argv: Sequence[str] | None, device: torch.device) -> argparse.Namespace:
+    """Arguments, with the sweep's defaults chosen by the device (reduced on the CPU)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
+    parser.add_argument("--quick", action="store_true", help="the reduced sweep (CPU default)")
+    parser.add_argument("--n", type=int, nargs="+", default=None, help="samples per view")
+    parser.add_argument("--d", type=int, nargs="+", default=None, help="features")
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=None)
+    parser.add_argument("--grid", choices=("full", "cross"), default=None)
+    parser.add_argument("--fixed-n", type=int, default=None, help="N of the D sweep and its plot")
+    parser.add_argument("--fixed-d", type=int, default=None, help="D of the N sweep and its plot")
+    parser.add_argument("--losses", nargs="+", default=None, help="keys to run (default: all)")
+    parser.add_argument("--min-run-time", type=float, default=None, help="CPU seconds per timing")
+    parser.add_argument("--out-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    quick = args.quick or device.type != "cuda"
+    ns = QUICK_N if quick else FULL_N
+    ds = QUICK_D if quick else FULL_D
+    fixed_n, fixed_d = QUICK_FIXED if quick else FULL_FIXED
+    args.n = sorted(args.n or ns)
+    args.d = sorted(args.d or ds)
+    args.dtypes = args.dtypes or list(QUICK_DTYPES if quick else FULL_DTYPES)
+    args.grid = args.grid or ("cross" if quick else "full")
+    args.fixed_n = args.fixed_n or (fixed_n if fixed_n in args.n else args.n[len(args.n) // 2])
+    args.fixed_d = args.fixed_d or (fixed_d if fixed_d in args.d else args.d[len(args.d) // 2])
+    args.min_run_time = args.min_run_time if args.min_run_time is not None else 0.4
+    if min(args.n) < 2 or min(args.d) < 2:
+        parser.error(f"need N >= 2 and D >= 2, got --n {args.n} --d {args.d}")
+    if args.out_dir is None:
+        args.out_dir = harness.REPO_ROOT / "benchmarks" / "results" / device_slug(device)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the sweep, write JSON, markdown and plots, print the markdown."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--device", default=None)
+    known, _ = pre.parse_known_args(argv)
+    device = torch.device(known.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args = parse_args(argv, device)
+
+    start = time.perf_counter()
+    payload = run(args, device)
+    payload["seconds"] = time.perf_counter() - start
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "speed.json").write_text(json.dumps(payload, indent=2) + "\n")
+    table = markdown(payload)
+    (args.out_dir / "speed.md").write_text(table + "\n")
+    written = plot(payload, args.out_dir)
+    print(table)
+    print(f"wrote {args.out_dir / 'speed.json'}, speed.md, " + ", ".join(p.name for p in written))
+    print(f"({payload['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
