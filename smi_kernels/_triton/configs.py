@@ -1,16 +1,28 @@
 """Block configurations of the Triton kernels: one table per architecture, nothing elsewhere.
 
-``BLOCK`` is the side of the square tile of S (forward) and of G (stored tile, read again by the
-backward), so one problem uses one ``BLOCK`` in both passes. Small problems take small tiles so
-that the upper-triangular grid of (P / BLOCK)^2 / 2 programs still fills the GPU's SMs (at the
-paper's per-GPU batch, P = 512 rows: 136 tiles of 32 against 132 SMs on an H100).
+``BLOCK`` is the side of the square tile of S (forward) and of the stored tiles of G, so the
+forward and the backward of one problem share it. The other sizes are free per pass:
 
-The entries are starting points chosen from the shapes of well-tuned GEMMs on each architecture;
-they have not been measured on hardware by this project yet. ``SMI_KERNELS_AUTOTUNE=1`` makes the
-kernels autotune among the entries of the table for the current architecture (first call per
-shape benchmarks each; results can then differ in the last bits between processes, since the
-K-loop order depends on the chosen ``BLOCK_K``). Without it the first matching row is used, which
-keeps results bitwise reproducible across processes.
+* forward: K-loop step ``BLOCK_K`` over the features; when the upper triangle has fewer tiles than
+  the GPU has SMs (the paper's per-GPU batch, P = 512 rows), the K-loop is split over D
+  (``plan.py`` chooses the split) and the partial tiles are summed in a fixed order;
+* backward: an output tile ``BLOCK`` rows x ``BLOCK_D`` features, K-loop over the P rows of Z in
+  slices of ``BLOCK_Q`` rows of the stored G tiles, so its shared memory does not grow with
+  ``BLOCK``.
+
+Three arithmetic classes take different tiles:
+
+* ``"mma16"``: bfloat16/float16 operands on tensor cores (wgmma on sm_90 from 64-row tiles);
+* ``"tf32"``: float32 at ``torch.set_float32_matmul_precision("high"|"medium")``;
+* ``"ieee"``: float32 at the default precision ("highest"), which runs on CUDA cores (FMA), as
+  ``torch.matmul`` does; float64 (interpreter only) too.
+
+Every entry is compiled for its architecture by ``benchmarks/kernel_report.py``: it fits shared
+memory and spills no register (``tests/test_kernel_report.py`` holds that in CI). The entries
+have not been timed on hardware yet. ``SMI_KERNELS_AUTOTUNE=1`` makes the kernels autotune among
+a row's candidates (first call per shape benchmarks each; the K-loop order then depends on the
+chosen ``BLOCK_K``, so results can differ in the last bits between processes). Without it the
+first candidate runs, and results are bitwise reproducible across processes.
 """
 
 from __future__ import annotations
@@ -33,57 +45,60 @@ class ForwardConfig:
 
 @dataclass(frozen=True)
 class BackwardConfig:
-    """G Z kernel: output tile BLOCK rows x BLOCK_D features, K-loop over P in steps of BLOCK."""
+    """G Z kernel: output tile BLOCK x BLOCK_D, K-loop over P in slices of BLOCK_Q rows."""
 
+    BLOCK_Q: int
     BLOCK_D: int
     num_warps: int
     num_stages: int
 
 
-# (largest P for which the row applies, forward candidates, backward candidates); rows in order
-_TABLE: dict[str, list[tuple[int, list[ForwardConfig], list[BackwardConfig]]]] = {
-    "sm90": [
-        (
-            1024,
-            [ForwardConfig(32, 128, 4, 4), ForwardConfig(32, 64, 4, 5)],
-            [BackwardConfig(128, 4, 3), BackwardConfig(64, 4, 4)],
-        ),
-        (
-            4096,
-            [ForwardConfig(64, 64, 4, 4), ForwardConfig(64, 128, 8, 3)],
-            [BackwardConfig(128, 4, 3), BackwardConfig(256, 8, 3)],
-        ),
-        (
-            1 << 62,
-            [ForwardConfig(128, 64, 8, 3), ForwardConfig(128, 32, 4, 4)],
-            [BackwardConfig(128, 8, 3), BackwardConfig(256, 8, 3)],
-        ),
-    ],
-    "sm80": [
-        (
-            1024,
-            [ForwardConfig(32, 64, 4, 4), ForwardConfig(32, 128, 4, 3)],
-            [BackwardConfig(128, 4, 3), BackwardConfig(64, 4, 4)],
-        ),
-        (
-            4096,
-            [ForwardConfig(64, 64, 4, 4), ForwardConfig(64, 32, 4, 5)],
-            [BackwardConfig(128, 4, 3), BackwardConfig(64, 4, 4)],
-        ),
-        (
-            1 << 62,
-            [ForwardConfig(128, 32, 8, 4), ForwardConfig(128, 64, 8, 3)],
-            [BackwardConfig(128, 8, 3), BackwardConfig(64, 4, 4)],
-        ),
-    ],
-    # the Triton interpreter runs tiles as NumPy arrays on the CPU: small tiles are fastest
-    "interpreter": [
-        (1 << 62, [ForwardConfig(16, 32, 1, 1)], [BackwardConfig(32, 1, 1)]),
-    ],
+@dataclass(frozen=True)
+class Row:
+    """Candidates for problems of at most ``max_rows`` stacked rows P (first one by default)."""
+
+    max_rows: int
+    forward: tuple[ForwardConfig, ...]
+    backward: tuple[BackwardConfig, ...]
+
+
+F, B = ForwardConfig, BackwardConfig
+_ANY = 1 << 62
+
+# (architecture, arithmetic class) -> rows in order of max_rows
+_TABLE: dict[tuple[str, str], tuple[Row, ...]] = {
+    ("sm90", "mma16"): (
+        Row(1024, (F(64, 64, 4, 4), F(64, 128, 4, 3)), (B(64, 128, 4, 3), B(64, 64, 4, 4))),
+        Row(_ANY, (F(128, 64, 8, 4), F(128, 64, 8, 3)), (B(64, 128, 8, 3), B(32, 256, 8, 3))),
+    ),
+    ("sm90", "tf32"): (
+        Row(1024, (F(64, 32, 4, 4), F(64, 64, 4, 3)), (B(32, 128, 4, 3), B(32, 64, 4, 4))),
+        Row(_ANY, (F(128, 32, 8, 4), F(128, 32, 8, 3)), (B(32, 128, 8, 3), B(32, 256, 8, 2))),
+    ),
+    ("sm90", "ieee"): (
+        Row(_ANY, (F(64, 32, 4, 3), F(64, 16, 4, 4)), (B(32, 64, 4, 3), B(16, 64, 4, 4))),
+    ),
+    ("sm80", "mma16"): (
+        Row(1024, (F(64, 64, 4, 3), F(64, 32, 4, 4)), (B(64, 128, 4, 3), B(32, 128, 4, 4))),
+        Row(_ANY, (F(128, 32, 8, 4), F(128, 64, 8, 3)), (B(32, 128, 8, 3), B(64, 64, 4, 3))),
+    ),
+    ("sm80", "tf32"): (
+        Row(1024, (F(64, 32, 4, 3), F(64, 16, 4, 4)), (B(32, 64, 4, 3), B(16, 128, 4, 3))),
+        Row(_ANY, (F(128, 16, 8, 4), F(128, 32, 8, 3)), (B(16, 128, 8, 3), B(32, 64, 8, 3))),
+    ),
+    ("sm80", "ieee"): (
+        Row(_ANY, (F(64, 16, 4, 3), F(64, 32, 4, 2)), (B(16, 64, 4, 3), B(32, 64, 4, 2))),
+    ),
+    # the Triton interpreter runs tiles as NumPy arrays on the CPU: small tiles are fastest, and
+    # a second, larger BLOCK above 64 rows exercises the same code with several K slices
+    ("interpreter", "any"): (
+        Row(64, (F(16, 32, 1, 1),), (B(8, 32, 1, 1),)),
+        Row(_ANY, (F(32, 16, 1, 1),), (B(16, 32, 1, 1),)),
+    ),
 }
 
-# float32 tiles take twice the shared memory of 16-bit ones: halve the K step
-_FLOAT32_K_CAP = 64
+ARCHITECTURES = ("sm90", "sm80")
+ARITHMETIC = ("mma16", "tf32", "ieee")
 
 
 def architecture(device: torch.device) -> str:
@@ -95,25 +110,25 @@ def architecture(device: torch.device) -> str:
     return "sm90" if major >= 9 else "sm80"
 
 
+def arithmetic(dtype: torch.dtype, precision: str) -> str:
+    """The arithmetic class of a dtype at a float32 matmul ``precision`` (see the module doc)."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return "mma16"
+    if dtype == torch.float32 and precision != "highest":
+        return "tf32"
+    return "ieee"
+
+
 def autotune_enabled() -> bool:
     """True when ``SMI_KERNELS_AUTOTUNE=1``."""
     return os.environ.get("SMI_KERNELS_AUTOTUNE", "0") not in ("", "0")
 
 
-def candidates(
-    arch: str, rows: int, dtype: torch.dtype
-) -> tuple[list[ForwardConfig], list[BackwardConfig]]:
-    """The forward and backward candidates for ``rows`` = P stacked rows of ``dtype``."""
-    _, forward, backward = next(row for row in _TABLE[arch] if rows <= row[0])
-    if dtype == torch.float32 and arch != "interpreter":
-        forward = [
-            ForwardConfig(c.BLOCK, min(c.BLOCK_K, _FLOAT32_K_CAP), c.num_warps, c.num_stages)
-            for c in forward
-        ]
-    return forward, backward
+def table_rows(arch: str, kind: str) -> tuple[Row, ...]:
+    """Every row of the table for an architecture and arithmetic class."""
+    return _TABLE[(arch, "any" if arch == "interpreter" else kind)]
 
 
-def tile_size(device: torch.device, rows: int, dtype: torch.dtype) -> int:
-    """``BLOCK`` for a problem: shared by the forward kernel, the stored G and the backward."""
-    forward, _ = candidates(architecture(device), rows, dtype)
-    return forward[0].BLOCK
+def row_for(arch: str, kind: str, rows: int) -> Row:
+    """The row that applies to ``rows`` = P stacked rows."""
+    return next(row for row in table_rows(arch, kind) if rows <= row.max_rows)

@@ -1,17 +1,25 @@
-"""The Triton path as torch.library custom ops: host functions, fake shapes, autograd, FLOPs.
+"""The Triton path: host functions, the eager autograd function, and the torch.library ops.
 
-``smi_kernels::smi_forward(z, lambda_param, eps, need_grad)`` takes the stacked views z (V, N, D)
-and returns ``[out, zh, s, projected, rho, align_grad, g, radial]``; ``out`` = (L, L_align, L_red),
-the rest is what the backward reads. ``smi_kernels::smi_backward`` returns dz (V, N, D).
-A step is five launches: the stack of the views, standardisation, the Gram tiles, the fixed-order
-reduction, and the backward.
+A step is four launches forward (standardisation, Gram tiles, [split-K epilogue,] the fixed-order
+reduction) and one backward, with two allocations forward (the loss vector and one workspace,
+see ``plan.py``) and one backward (dz). The host work per call is a cached plan look-up, the
+two allocations and the launches: no device query, no copy of the views, no allocator
+statistics. The memory model is checked once per shape; an allocation that fails later is
+reported with the same explanation.
+
+Two entries reach the same host functions:
+
+* eager (no torch.compile, no dispatch mode such as FlopCounterMode or FakeTensorMode active):
+  ``_SMITriton``, an autograd function that reads the views where they lie;
+* otherwise the custom ops ``smi_kernels::smi_forward(z, lambda_param, eps, need_grad)`` on the
+  stacked views z (V, N, D), returning ``[out, workspace]`` (``out`` = (L, L_align, L_red)), and
+  ``smi_kernels::smi_backward``, with fake implementations, autograd and FLOP formulas, so
+  torch.compile traces them without graph breaks and FLOP counters see them.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-
 import torch
 import triton
 from torch import Tensor
@@ -22,8 +30,19 @@ from smi_kernels._math import float16_gradient_scale
 from smi_kernels._torch import refuse_double_backward
 from smi_kernels._triton import configs
 from smi_kernels._triton.grad import gram_backward_kernel
-from smi_kernels._triton.gram import finalize_block, finalize_kernel, gram_forward_kernel
+from smi_kernels._triton.gram import (
+    finalize_block,
+    finalize_kernel,
+    gram_epilogue_kernel,
+    gram_forward_kernel,
+)
+from smi_kernels._triton.plan import Plan, make_plan, plan_for
 from smi_kernels._triton.standardize import block_d, standardize_kernel
+
+#: rows of the radial reduction per program of the finalize launch
+RADIAL_BLOCK = 1024
+#: views read in place (more are stacked into one buffer first)
+MAX_VIEWS_IN_PLACE = 4
 
 
 def _allocate(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -31,202 +50,332 @@ def _allocate(shape: Sequence[int], dtype: torch.dtype, device: torch.device) ->
     return torch.empty(tuple(shape), dtype=dtype, device=device)
 
 
-def _accumulator(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+class Pointer:
+    """What a Triton launch needs of a tensor argument: its address and dtype. Typed views of the
+    workspace cost a few microseconds each as tensors; on the GPU they are passed as these."""
+
+    __slots__ = ("address", "dtype")
+
+    def __init__(self, address: int, dtype: torch.dtype) -> None:
+        self.address = address
+        self.dtype = dtype
+
+    def data_ptr(self) -> int:
+        return self.address
 
 
-def _input_precision(dtype: torch.dtype) -> str:
-    """float32: IEEE, or TF32 when torch allows it (as torch.matmul does). 16-bit operands always
-    take the tensor cores (Triton's default "tf32" leaves them as they are); float64: IEEE."""
-    if dtype == torch.float32:
-        return "tf32" if torch.get_float32_matmul_precision() != "highest" else "ieee"
-    return "ieee" if dtype == torch.float64 else "tf32"
+def segments(workspace: Tensor, plan: Plan) -> dict[str, Tensor | Pointer]:
+    """Typed views of the workspace segments: Pointers on the GPU, tensors elsewhere (the
+    interpreter reads tensors)."""
+    if not interpreting(plan):
+        base = workspace.data_ptr()
+        return {name: Pointer(base + seg.offset, seg.dtype) for name, seg in plan.segments.items()}
+    views = {}
+    for name, seg in plan.segments.items():
+        raw = workspace[seg.offset : seg.offset + seg.nbytes]
+        views[name] = raw.view(seg.dtype).view(seg.shape)
+    return views
 
 
-def _widen_dot(device: torch.device, dtype: torch.dtype) -> bool:
-    # the interpreter's bfloat16 tl.dot is wrong (triton 3.9); widening the operands to float32
-    # first is exact, since bf16 x bf16 products are exact in float32
-    return device.type != "cuda" and dtype == torch.bfloat16
+def interpreting(plan: Plan) -> bool:
+    """True for the Triton interpreter (CPU tensors); the launches are the GPU's otherwise."""
+    return plan.arch == "interpreter"
 
 
-def _emulate_rtne(device: torch.device, dtype: torch.dtype) -> bool:
-    # the interpreter truncates float32 -> bfloat16 (see rounding.py)
-    return device.type != "cuda" and dtype == torch.bfloat16
+def widen_dot(plan: Plan) -> bool:
+    """The interpreter's bfloat16 tl.dot is wrong (triton 3.9); widening the operands to float32
+    first is exact, since bf16 x bf16 products are exact in float32."""
+    return interpreting(plan) and plan.dtype == torch.bfloat16
 
 
-def _g_scale(dtype: torch.dtype, eps: float) -> float:
+def emulate_rtne(plan: Plan) -> bool:
+    """The interpreter truncates float32 -> bfloat16 (see rounding.py)."""
+    return interpreting(plan) and plan.dtype == torch.bfloat16
+
+
+def g_scale(dtype: torch.dtype, eps: float) -> float:
     return float16_gradient_scale(eps) if dtype == torch.float16 else 1.0
 
 
-@functools.cache
-def _autotuned_forward(candidates: tuple[configs.ForwardConfig, ...]):
-    tuning = [
-        triton.Config({"BLOCK_K": c.BLOCK_K}, num_warps=c.num_warps, num_stages=c.num_stages)
-        for c in candidates
-    ]
-    return triton.autotune(configs=tuning, key=["P", "D"])(gram_forward_kernel)
+def _compile_options(config, plan: Plan) -> dict:
+    """num_warps / num_stages on the GPU; FMA contraction pinned on (Triton's default today,
+    which it announced will change): the GPU results must not move with a Triton upgrade."""
+    if interpreting(plan):
+        return {}
+    return {"num_warps": config.num_warps, "num_stages": config.num_stages,
+            "enable_fp_fusion": True}  # fmt: skip
 
 
-@functools.cache
-def _autotuned_backward(candidates: tuple[configs.BackwardConfig, ...]):
-    tuning = [
-        triton.Config({"BLOCK_D": c.BLOCK_D}, num_warps=c.num_warps, num_stages=c.num_stages)
-        for c in candidates
-    ]
-    return triton.autotune(configs=tuning, key=["P", "D"])(gram_backward_kernel)
+_AUTOTUNED: dict[tuple, object] = {}
 
 
-def _forward_launcher(candidates: Sequence[configs.ForwardConfig], device: torch.device):
-    """The Gram kernel with its tuning arguments bound: autotuned among the table's candidates
-    when SMI_KERNELS_AUTOTUNE=1 on a GPU, else the table's first candidate."""
-    if device.type == "cuda" and configs.autotune_enabled() and len(candidates) > 1:
-        return _autotuned_forward(tuple(candidates)), {}
-    first = candidates[0]
-    options = {"BLOCK_K": first.BLOCK_K}
-    if device.type == "cuda":
-        options.update(num_warps=first.num_warps, num_stages=first.num_stages)
-    return gram_forward_kernel, options
+def _autotuned(kernel, tuning: tuple[triton.Config, ...]):
+    key = (kernel, tuning)
+    if key not in _AUTOTUNED:
+        _AUTOTUNED[key] = triton.autotune(configs=list(tuning), key=["P", "N", "D_pad"])(kernel)
+    return _AUTOTUNED[key]
 
 
-def _backward_launcher(candidates: Sequence[configs.BackwardConfig], device: torch.device):
-    """The backward kernel with its tuning arguments bound (as ``_forward_launcher``)."""
-    if device.type == "cuda" and configs.autotune_enabled() and len(candidates) > 1:
-        return _autotuned_backward(tuple(candidates)), {}
-    first = candidates[0]
-    options = {"BLOCK_D": first.BLOCK_D}
-    if device.type == "cuda":
-        options.update(num_warps=first.num_warps, num_stages=first.num_stages)
+def forward_launcher(plan: Plan):
+    """The Gram kernel with its tuning arguments bound: autotuned among the row's candidates
+    with SMI_KERNELS_AUTOTUNE=1 on a GPU (the split and D_pad do not depend on them), else the
+    first candidate."""
+    if not interpreting(plan) and configs.autotune_enabled() and len(plan.forward) > 1:
+        tuning = tuple(
+            triton.Config({"BLOCK_K": c.BLOCK_K}, num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in plan.forward
+            if plan.k_per_split % c.BLOCK_K == 0
+        )
+        return _autotuned(gram_forward_kernel, tuning), {}
+    first = plan.forward[0]
+    return gram_forward_kernel, {"BLOCK_K": first.BLOCK_K, **_compile_options(first, plan)}
+
+
+def backward_launcher(plan: Plan):
+    """The backward kernel with its tuning arguments bound (as ``forward_launcher``); the grid
+    depends on BLOCK_D, so autotuning keeps the first candidate's BLOCK_D."""
+    first = plan.backward[0]
+    if not interpreting(plan) and configs.autotune_enabled() and len(plan.backward) > 1:
+        tuning = tuple(
+            triton.Config(
+                {"BLOCK_Q": c.BLOCK_Q, "BLOCK_D": first.BLOCK_D, "EVEN_D": plan.d_pad % first.BLOCK_D == 0},
+                num_warps=c.num_warps,
+                num_stages=c.num_stages,
+            )
+            for c in plan.backward
+        )
+        return _autotuned(gram_backward_kernel, tuning), {}
+    options = {"BLOCK_Q": first.BLOCK_Q, "BLOCK_D": first.BLOCK_D,
+               "EVEN_D": plan.d_pad % first.BLOCK_D == 0, **_compile_options(first, plan)}  # fmt: skip
     return gram_backward_kernel, options
 
 
-def _buffers(
-    z_shape: Sequence[int], dtype: torch.dtype, device: torch.device, need_grad: bool
-) -> tuple[int, int, dict[str, tuple[tuple[int, ...], torch.dtype]]]:
-    """Shapes and dtypes of every output of smi_forward (shared by the op and its fake)."""
-    v, n, d = z_shape
-    p = v * n
-    acc = _accumulator(dtype)
-    block = configs.tile_size(device, p, dtype)
-    nb = triton.cdiv(p, block)
-    shapes = {
-        "out": ((3,), acc),
-        "zh": ((v, n, d), dtype),
-        "s": ((p,), acc),
-        "projected": ((p,), acc),
-        "rho": ((v, v, n), acc),
-        "align_grad": ((v, v, n), acc),
-        "g": ((nb * (nb + 1) // 2, block, block) if need_grad else (0, block, block), dtype),
-        "radial": ((nb, nb * block) if need_grad else (0, nb * block), acc),
+def standardize_options(plan: Plan) -> dict:
+    """Constexprs and compile options of the standardisation launch."""
+    block, single = block_d(plan.d_pad, plan.views, interpreting(plan))
+    options = {
+        "V": plan.views,
+        "V_BLOCK": triton.next_power_of_2(plan.views),
+        "BLOCK_D": block,
+        "SINGLE_PASS": single,
+        "STACKED": plan.views > MAX_VIEWS_IN_PLACE,
+        "EMULATE_RTNE": emulate_rtne(plan),
     }
-    return block, nb, shapes
+    if not interpreting(plan):
+        elements = options["V_BLOCK"] * block
+        options.update(num_warps=8 if elements >= 4096 else 4, enable_fp_fusion=True)
+    return options
 
 
-@torch.library.custom_op("smi_kernels::smi_forward", mutates_args=())
-def smi_forward(z: Tensor, lambda_param: float, eps: float, need_grad: bool) -> list[Tensor]:
-    """Fused SMI forward on stacked views z (V, N, D); see the module docstring."""
-    v, n, d = z.shape
-    p = v * n
-    block, nb, shapes = _buffers(z.shape, z.dtype, z.device, need_grad)
-    estimate = memory.triton_estimate(n, d, v, z.dtype, need_grad, block)
-    memory.check_fits(estimate.forward_new, "forward", z.device)
-    z = z.contiguous()
-    out = {name: _allocate(shape, dt, z.device) for name, (shape, dt) in shapes.items()}
-    interpreting = z.device.type != "cuda"
-    align = _allocate((n,), _accumulator(z.dtype), z.device)
-    red_partial = _allocate((nb * nb,), _accumulator(z.dtype), z.device)
-
-    standardize_kernel[(n,)](
-        z, out["zh"], out["s"], out["projected"], out["rho"], out["align_grad"], align,
-        n, d, eps,
-        V=v, V_BLOCK=triton.next_power_of_2(v), BLOCK_D=block_d(d, v, interpreting),
-        EMULATE_RTNE=_emulate_rtne(z.device, z.dtype),
-    )  # fmt: skip
-    forward_candidates, _ = configs.candidates(configs.architecture(z.device), p, z.dtype)
-    kernel, options = _forward_launcher(forward_candidates, z.device)
-    g = out["g"] if need_grad else out["zh"]  # a placeholder pointer when G is not written
-    radial = out["radial"] if need_grad else red_partial
-    kernel[(nb, nb)](
-        out["zh"], g, red_partial, radial,
-        p, n, d, eps, _g_scale(z.dtype, eps), nb,
-        BLOCK=block, NEED_GRAD=need_grad,
-        INPUT_PRECISION=_input_precision(z.dtype), WIDEN_DOT=_widen_dot(z.device, z.dtype),
-        EMULATE_RTNE=_emulate_rtne(z.device, z.dtype),
-        **options,
-    )  # fmt: skip
-    finalize_kernel[(1,)](
-        red_partial, nb * nb, align, n, out["out"], lambda_param,
-        BLOCK=finalize_block(max(nb * nb, n)),
-    )  # fmt: skip
-    return list(out.values())
+def view_offsets(views: Sequence[Tensor]) -> tuple[Tensor, list[int], int]:
+    """``(view 0, [offsets of views 1..3], view_stride)``: where the views lie, in elements from
+    view 0. More than ``MAX_VIEWS_IN_PLACE`` views are stacked first (then view_stride is used)."""
+    if len(views) > MAX_VIEWS_IN_PLACE:
+        z = torch.stack(list(views))
+        return z, [0, 0, 0], z.shape[1] * z.shape[2]
+    views = [view if view.is_contiguous() else view.contiguous() for view in views]
+    base = views[0].data_ptr()
+    size = views[0].element_size()
+    offsets = [(view.data_ptr() - base) // size for view in views[1:]]
+    return views[0], offsets + [0] * (3 - len(offsets)), 0
 
 
-@smi_forward.register_fake
-def _smi_forward_fake(z: Tensor, lambda_param: float, eps: float, need_grad: bool) -> list[Tensor]:
-    _, _, shapes = _buffers(z.shape, z.dtype, z.device, need_grad)
-    return [z.new_empty(shape, dtype=dt) for shape, dt in shapes.values()]
+_CHECKED: set[tuple[Plan, torch.device]] = set()
 
 
-@torch.library.custom_op("smi_kernels::smi_backward", mutates_args=())
-def smi_backward(
-    grad_out: Tensor,
-    zh: Tensor,
-    s: Tensor,
-    projected: Tensor,
-    rho: Tensor,
-    align_grad: Tensor,
-    g: Tensor,
-    radial: Tensor,
+def _allocate_workspace(plan: Plan, device: torch.device) -> Tensor:
+    """The forward's workspace, after the memory model's check (once per shape)."""
+    if (plan, device) not in _CHECKED:
+        memory.check_fits(plan.workspace_bytes, "forward", device)
+        _CHECKED.add((plan, device))
+    try:
+        return _allocate((plan.workspace_bytes,), torch.uint8, device)
+    except torch.OutOfMemoryError as error:
+        _CHECKED.discard((plan, device))
+        raise torch.OutOfMemoryError(
+            f"SMI forward needs a {plan.workspace_bytes / 2**30:.2f} GiB workspace on {device} "
+            f"(V={plan.views}, N={plan.n}, D={plan.d}, {plan.dtype}) and the allocation failed; "
+            "reduce N (per view), D or the number of views (see smi_kernels.memory for the model)"
+        ) from error
+
+
+def forward(
+    views: Sequence[Tensor], lambda_param: float, eps: float, need_grad: bool
+) -> tuple[Tensor, Tensor, Plan]:
+    """``(out, workspace, plan)``: out = (L, L_align, L_red) of the views by the Triton kernels."""
+    first = views[0]
+    device = first.device
+    n, d = first.shape
+    plan = plan_for(len(views), n, d, first.dtype, device, need_grad)
+    workspace = _allocate_workspace(plan, device)
+    out = _allocate((3,), plan.accumulator, device)
+    launch_forward(plan, views, workspace, out, lambda_param, eps)
+    return out, workspace, plan
+
+
+def launch_forward(
+    plan: Plan,
+    views: Sequence[Tensor],
+    workspace: Tensor,
+    out: Tensor,
     lambda_param: float,
     eps: float,
+) -> None:
+    """The forward launches of ``plan`` into ``workspace`` and ``out``."""
+    seg = segments(workspace, plan)
+    z0, offsets, view_stride = view_offsets(views)
+    p, n = plan.rows, plan.n
+    standardize_kernel[(n + plan.rows_pad - p,)](
+        z0, offsets[0], offsets[1], offsets[2], view_stride,
+        seg["zh"], seg["s"], seg["projected"], seg["rho"], seg["align_grad"], seg["align"],
+        n, plan.d, plan.d_pad, p, eps,
+        **standardize_options(plan),
+    )  # fmt: skip
+    kernel, options = forward_launcher(plan)
+    scratch = seg["red"]  # a placeholder pointer for buffers a launch does not write
+    g = seg["g"] if plan.need_grad else scratch
+    slots = seg["radial_slots"] if plan.need_grad else scratch
+    partial = seg["split_partial"] if plan.split > 1 else scratch
+    common = {"NEED_GRAD": plan.need_grad, "EMULATE_RTNE": emulate_rtne(plan)}
+    scale = g_scale(plan.dtype, eps)
+    kernel[(plan.tiles * plan.split,)](
+        seg["zh"], g, seg["red"], slots, partial,
+        p, plan.rows_pad, n, plan.d_pad, plan.tiles, plan.k_per_split, eps, scale,
+        BLOCK=plan.block, SPLIT=plan.split, INPUT_PRECISION=plan.precision,
+        WIDEN_DOT=widen_dot(plan), **common, **options,
+    )  # fmt: skip
+    if plan.split > 1:
+        gram_epilogue_kernel[(plan.tiles,)](
+            g, seg["red"], slots, partial,
+            p, plan.rows_pad, n, plan.tiles, eps, scale,
+            BLOCK=plan.block, SPLIT=plan.split, **common,
+            **_compile_options(plan.forward[0], plan),
+        )  # fmt: skip
+    radial_programs = triton.cdiv(plan.rows_pad, RADIAL_BLOCK) if plan.need_grad else 0
+    radial = seg["radial"] if plan.need_grad else scratch
+    finalize_kernel[(1 + radial_programs,)](
+        seg["red"], plan.tiles, seg["align"], n, out, slots, radial, plan.num_blocks,
+        plan.rows_pad, lambda_param,
+        BLOCK=finalize_block(max(plan.tiles, n)), BLOCK_R=RADIAL_BLOCK,
+    )  # fmt: skip
+
+
+def backward(
+    grad_out: Tensor, workspace: Tensor, plan: Plan, lambda_param: float, eps: float
 ) -> Tensor:
-    """dz (V, N, D) from smi_forward's saved outputs and the gradient of (L, L_align, L_red)."""
-    v, n, d = zh.shape
-    p = v * n
-    block = g.shape[-1]
-    nb = radial.shape[0]
-    memory.check_fits(zh.numel() * zh.element_size(), "backward", zh.device)
-    dz = _allocate(zh.shape, zh.dtype, zh.device)
-    _, backward_candidates = configs.candidates(configs.architecture(zh.device), p, zh.dtype)
-    kernel, options = _backward_launcher(backward_candidates, zh.device)
-    grad_out = grad_out.to(s.dtype).contiguous()
-
-    def grid(meta: dict) -> tuple[int, int]:
-        return nb, triton.cdiv(d, meta["BLOCK_D"])
-
+    """dz (V, N, D) from the forward's workspace and the gradient of (L, L_align, L_red)."""
+    device = workspace.device
+    dz = _allocate((plan.views, plan.n, plan.d), plan.dtype, device)
+    if grad_out.dtype != plan.accumulator or not grad_out.is_contiguous():
+        grad_out = grad_out.to(plan.accumulator).contiguous()
+    seg = segments(workspace, plan)
+    kernel, options = backward_launcher(plan)
+    block_d = plan.backward[0].BLOCK_D
+    grid = (plan.num_blocks * triton.cdiv(plan.d, block_d),)
     kernel[grid](
-        zh, s, projected, g, radial, rho, align_grad, grad_out, dz,
-        p, n, d, lambda_param, 1.0 / _g_scale(zh.dtype, eps), nb,
-        V=v, BLOCK=block,
-        INPUT_PRECISION=_input_precision(zh.dtype), WIDEN_DOT=_widen_dot(zh.device, zh.dtype),
-        EMULATE_RTNE=_emulate_rtne(zh.device, zh.dtype),
+        seg["zh"], seg["s"], seg["projected"], seg["g"], seg["radial"], seg["rho"],
+        seg["align_grad"], grad_out, dz, plan.n * plan.d,
+        plan.rows, plan.n, plan.d, plan.d_pad, plan.num_blocks, lambda_param,
+        1.0 / g_scale(plan.dtype, eps),
+        V=plan.views, BLOCK=plan.block, INPUT_PRECISION=plan.precision,
+        WIDEN_DOT=widen_dot(plan), EMULATE_RTNE=emulate_rtne(plan),
         **options,
     )  # fmt: skip
     return dz
 
 
-@smi_backward.register_fake
-def _smi_backward_fake(
+# ---------------------------------------------------------------- eager entry
+
+
+class _SMITriton(torch.autograd.Function):
+    """(L, L_align, L_red) of the views, reading them in place; the backward is one launch."""
+
+    @staticmethod
+    def forward(ctx, lambda_param: float, eps: float, need_grad: bool, *views: Tensor) -> Tensor:  # type: ignore[override]
+        out, workspace, plan = forward(views, lambda_param, eps, need_grad)
+        if need_grad:
+            ctx.save_for_backward(workspace)
+        ctx.plan = plan
+        ctx.lambda_param = lambda_param
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        refuse_double_backward()
+        (workspace,) = ctx.saved_tensors
+        dz = backward(grad_out, workspace, ctx.plan, ctx.lambda_param, ctx.eps)
+        needs = ctx.needs_input_grad[3:]
+        return (None, None, None, *(dz[k] if needs[k] else None for k in range(len(needs))))
+
+
+# ---------------------------------------------------------------- torch.library ops
+
+
+def _stacked_plan(z_shape: Sequence[int], dtype: torch.dtype, device: torch.device,
+                  need_grad: bool, precision: str | None = None) -> Plan:  # fmt: skip
+    v, n, d = z_shape
+    if precision is None:
+        return plan_for(v, n, d, dtype, device, need_grad)
+    from smi_kernels._triton.plan import device_architecture, sm_count
+
+    return make_plan(device_architecture(device), sm_count(device), v, n, d, dtype, precision,
+                     need_grad)  # fmt: skip
+
+
+@torch.library.custom_op("smi_kernels::smi_forward", mutates_args=())
+def smi_forward(z: Tensor, lambda_param: float, eps: float, need_grad: bool) -> list[Tensor]:
+    """Fused SMI forward on stacked views z (V, N, D): ``[out, workspace]``."""
+    z = z.contiguous()
+    out, workspace, _ = forward(z.unbind(0), lambda_param, eps, need_grad)
+    return [out, workspace]
+
+
+@smi_forward.register_fake
+def _smi_forward_fake(z: Tensor, lambda_param: float, eps: float, need_grad: bool) -> list[Tensor]:
+    plan = _stacked_plan(z.shape, z.dtype, z.device, need_grad)
+    return [z.new_empty((3,), dtype=plan.accumulator),
+            z.new_empty((plan.workspace_bytes,), dtype=torch.uint8)]  # fmt: skip
+
+
+@torch.library.custom_op("smi_kernels::smi_backward", mutates_args=())
+def smi_backward(
     grad_out: Tensor,
-    zh: Tensor,
-    s: Tensor,
-    projected: Tensor,
-    rho: Tensor,
-    align_grad: Tensor,
-    g: Tensor,
-    radial: Tensor,
+    workspace: Tensor,
+    z_shape: list[int],
+    dtype: torch.dtype,
+    precision: str,
     lambda_param: float,
     eps: float,
 ) -> Tensor:
-    return torch.empty_like(zh)
+    """dz (V, N, D) from smi_forward's workspace and the gradient of (L, L_align, L_red)."""
+    plan = _stacked_plan(z_shape, dtype, workspace.device, True, precision)
+    return backward(grad_out, workspace, plan, lambda_param, eps)
+
+
+@smi_backward.register_fake
+def _smi_backward_fake(
+    grad_out: Tensor,
+    workspace: Tensor,
+    z_shape: list[int],
+    dtype: torch.dtype,
+    precision: str,
+    lambda_param: float,
+    eps: float,
+) -> Tensor:
+    return workspace.new_empty(tuple(z_shape), dtype=dtype)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    _, lambda_param, eps, need_grad = inputs
+    z, lambda_param, eps, need_grad = inputs
     ctx.lambda_param = lambda_param
     ctx.eps = eps
     ctx.need_grad = need_grad
+    ctx.z_shape = list(z.shape)
+    ctx.dtype = z.dtype
+    ctx.precision = torch.get_float32_matmul_precision()
     if need_grad:
-        ctx.save_for_backward(*output[1:])
+        ctx.save_for_backward(output[1])
 
 
 def _backward(ctx, grads):
@@ -237,10 +386,13 @@ def _backward(ctx, grads):
             "call it with need_grad=True to differentiate"
         )
     grad_out = grads[0]
-    zh = ctx.saved_tensors[0]
+    (workspace,) = ctx.saved_tensors
     if grad_out is None:
-        grad_out = zh.new_zeros(3, dtype=_accumulator(zh.dtype))
-    dz = smi_backward(grad_out, *ctx.saved_tensors, ctx.lambda_param, ctx.eps)
+        grad_out = workspace.new_zeros(3, dtype=torch.float64 if ctx.dtype == torch.float64
+                                       else torch.float32)  # fmt: skip
+    dz = smi_backward(
+        grad_out, workspace, ctx.z_shape, ctx.dtype, ctx.precision, ctx.lambda_param, ctx.eps
+    )
     return dz, None, None, None
 
 
@@ -251,20 +403,26 @@ smi_forward.register_autograd(_backward, setup_context=_setup_context)
 def _smi_forward_flops(z_shape, *args, **kwargs) -> int:
     from smi_kernels import flops
 
-    v, n, d = z_shape
-    return 2 * flops.fused_forward_macs(n, d, views=v)
+    return flops.flop_formula_forward(z_shape)
 
 
 @register_flop_formula(torch.ops.smi_kernels.smi_backward)
-def _smi_backward_flops(grad_shape, zh_shape, *args, **kwargs) -> int:
+def _smi_backward_flops(grad_shape, workspace_shape, z_shape, *args, **kwargs) -> int:
     from smi_kernels import flops
 
-    v, n, d = zh_shape
+    v, n, d = z_shape
     return 2 * flops.fused_backward_macs(n, d, views=v)
+
+
+def _eager() -> bool:
+    """True when the autograd function can run directly: not tracing, no dispatch mode."""
+    return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
 
 
 def smi_triton(views: Sequence[Tensor], lambda_param: float, eps: float) -> Tensor:
     """``(L, L_align, L_red)`` by the Triton kernels, differentiable in every view."""
     need_grad = torch.is_grad_enabled() and any(view.requires_grad for view in views)
+    if _eager():
+        return _SMITriton.apply(lambda_param, eps, need_grad, *views)
     z = torch.stack(list(views))
     return torch.ops.smi_kernels.smi_forward(z, lambda_param, eps, need_grad)[0]

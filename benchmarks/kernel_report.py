@@ -1,0 +1,400 @@
+"""Compile every Triton kernel the package launches for a GPU target, on a machine without one.
+
+    python benchmarks/kernel_report.py                  # the full matrix, sm_90 and sm_80
+    python benchmarks/kernel_report.py --quick          # the default configs only
+
+For each launch of a problem, the launch is recorded exactly as ``smi_kernels._triton.op`` makes
+it (its plan, its arguments, its constexprs and options: the op's own host functions run with
+stand-in tensors and the launch is captured instead of sent to a driver), then compiled with
+Triton's own binder and ``triton.compile(..., target=GPUTarget("cuda", cc, 32))``. Reported per
+kernel x config x dtype x target:
+
+* compiles, and shared memory (``metadata.shared``) against the architecture's per-block limit;
+* registers and spill bytes from the wheel's own ``ptxas -v`` on the generated PTX;
+* the instruction mix of the PTX: ``wgmma`` / ``mma.sync`` / FMA, ``cp.async`` / TMA;
+* resident CTAs per SM (registers, shared memory, threads).
+
+No GPU and no driver are needed. Must run without ``TRITON_INTERPRET`` (the interpreter replaces
+the kernels). Writes ``benchmarks/results/compile/triton-<version>.{md,json}`` with ``--write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("kernel_report.py compiles for a GPU: run it without TRITON_INTERPRET=1")
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from smi_kernels._triton import configs, op  # noqa: E402
+from smi_kernels._triton.plan import Plan, make_plan  # noqa: E402
+
+#: per-architecture limits (CUDA programming guide, compute capabilities 8.0 and 9.0)
+LIMITS = {
+    "sm90": {"cc": 90, "smem_block": 232448, "smem_sm": 233472, "regs_sm": 65536,
+             "threads_sm": 2048, "ctas_sm": 32, "sms": 132},
+    "sm80": {"cc": 80, "smem_block": 166912, "smem_sm": 167936, "regs_sm": 65536,
+             "threads_sm": 2048, "ctas_sm": 32, "sms": 108},
+}  # fmt: skip
+
+#: dtype x float32 matmul precision: the four arithmetic settings of the Triton path
+SETTINGS = {
+    "float32-ieee": (torch.float32, "highest"),
+    "float32-tf32": (torch.float32, "high"),
+    "bfloat16": (torch.bfloat16, "highest"),
+    "float16": (torch.float16, "highest"),
+}
+
+
+class StandIn:
+    """A tensor as the host functions see it: dtype, shape, address (256-byte aligned)."""
+
+    def __init__(self, dtype: torch.dtype, shape: tuple[int, ...] = (1,), address: int = 1 << 20):
+        self.dtype = dtype
+        self.shape = tuple(shape)
+        self.address = address
+
+    def data_ptr(self) -> int:
+        return self.address
+
+    def element_size(self) -> int:
+        return self.dtype.itemsize
+
+    def is_contiguous(self) -> bool:
+        return True
+
+    def contiguous(self) -> StandIn:
+        return self
+
+    def to(self, dtype: torch.dtype) -> StandIn:
+        return StandIn(dtype, self.shape, self.address)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda")
+
+
+@dataclass
+class Launch:
+    """One recorded kernel launch."""
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple
+    kwargs: dict
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__
+
+
+@contextmanager
+def recording() -> Iterator[list[Launch]]:
+    """Capture JIT launches (and stand-in allocations) instead of running them."""
+    launches: list[Launch] = []
+    jit_run = triton.runtime.jit.JITFunction.run
+    allocate = op._allocate
+
+    def record(self, *args, grid, warmup, **kwargs):
+        launches.append(Launch(self, tuple(grid), args, dict(kwargs)))
+
+    triton.runtime.jit.JITFunction.run = record
+    op._allocate = lambda shape, dtype, device: StandIn(dtype, tuple(shape), 1 << 24)
+    try:
+        yield launches
+    finally:
+        triton.runtime.jit.JITFunction.run = jit_run
+        op._allocate = allocate
+
+
+def record_step(plan: Plan) -> list[Launch]:
+    """The launches of one forward + backward of ``plan``, as the op makes them."""
+    n, d = plan.n, plan.d
+    # separately allocated views: view u at its own aligned address
+    views = [StandIn(plan.dtype, (n, d), (1 << 30) * (u + 1)) for u in range(plan.views)]
+    workspace = StandIn(torch.uint8, (plan.workspace_bytes,), 1 << 28)
+    out = StandIn(plan.accumulator, (3,), 1 << 22)
+    with recording() as launches:
+        op.launch_forward(plan, views, workspace, out, 5e-3, 1e-4)
+        if plan.need_grad:
+            op.backward(StandIn(plan.accumulator, (3,)), workspace, plan, 5e-3, 1e-4)
+    return launches
+
+
+def compile_launch(launch: Launch, cc: int):
+    """``(compiled kernel, ptxas -v log)`` of a recorded launch for compute capability ``cc``:
+    ``triton.compile`` with the signature, constexprs and specialisation attributes that Triton's
+    own binder derives from the launch's arguments. The log is the one of Triton's own ptxas
+    call (the wheel's ptxas, Triton's flags), captured with ``dump_ptxas_log``."""
+    from triton import knobs
+
+    fn = launch.kernel
+    target = GPUTarget("cuda", cc, 32)
+    backend = make_backend(target)
+    binder = triton.runtime.jit.create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = dict(launch.kwargs)
+    kwargs.setdefault("debug", False)
+    bound_args, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(
+        backend, kwargs, bound_args, specialization, options
+    )
+    source = ASTSource(fn, signature, constexprs, attrs)
+    log = io.StringIO()
+    knobs.nvidia.dump_ptxas_log = True
+    knobs.compilation.always_compile = True  # a cached kernel would skip ptxas and its log
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(source, target=target, options=options.__dict__)
+    finally:
+        knobs.nvidia.dump_ptxas_log = False
+        knobs.compilation.always_compile = False
+    return compiled, log.getvalue()
+
+
+def ptxas_usage(log: str) -> dict[str, int]:
+    """Registers, spill bytes and stack frame from a ``ptxas -v`` log."""
+    registers = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    stack = re.search(r"(\d+) bytes stack frame", log)
+    return {
+        "registers": int(registers.group(1)) if registers else -1,
+        "spill_stores": int(spills.group(1)) if spills else 0,
+        "spill_loads": int(spills.group(2)) if spills else 0,
+        "stack": int(stack.group(1)) if stack else 0,
+    }
+
+
+def instruction_mix(ptx: str) -> dict[str, Any]:
+    """What the PTX multiplies with and how it loads."""
+    wgmma = len(re.findall(r"\bwgmma\.mma_async", ptx))
+    mma = len(re.findall(r"\bmma\.sync", ptx))
+    fma = len(re.findall(r"\bfma\.rn\.f(32|64)", ptx))
+    kind = "wgmma" if wgmma else "mma.sync" if mma else "fma" if fma else "none"
+    return {
+        "mma": kind,
+        "wgmma": wgmma,
+        "mma_sync": mma,
+        "fma": fma,
+        "cp_async": len(re.findall(r"\bcp\.async\.(ca|cg)", ptx)),
+        "tma": len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
+    }
+
+
+def resident_ctas(arch: str, registers: int, shared: int, num_warps: int) -> int:
+    """CTAs per SM that registers, shared memory and threads allow."""
+    limit = LIMITS[arch]
+    threads = 32 * num_warps
+    per_warp = -(-max(registers, 1) * 32 // 256) * 256  # registers are allocated per warp
+    by_regs = limit["regs_sm"] // (per_warp * num_warps)
+    by_smem = limit["smem_sm"] // (shared + 1024) if shared else limit["ctas_sm"]
+    by_threads = limit["threads_sm"] // threads
+    return min(by_regs, by_smem, by_threads, limit["ctas_sm"])
+
+
+def report_launch(launch: Launch, arch: str) -> dict[str, Any]:
+    """Compile one launch for ``arch`` and measure it."""
+    limit = LIMITS[arch]
+    row: dict[str, Any] = {"kernel": launch.name, "grid": list(launch.grid)}
+    row["config"] = {k: v for k, v in launch.kwargs.items() if k.isupper() or k.startswith("num_")}
+    try:
+        compiled, log = compile_launch(launch, limit["cc"])
+    except Exception as error:  # a config that cannot compile is a finding, not a crash
+        row.update(compiles=False, error=f"{type(error).__name__}: {str(error)[:300]}")
+        return row
+    ptx = compiled.asm["ptx"]
+    shared = int(compiled.metadata.shared)
+    usage = ptxas_usage(log)
+    num_warps = int(compiled.metadata.num_warps)
+    row.update(
+        compiles=True,
+        shared=shared,
+        shared_limit=limit["smem_block"],
+        fits=shared <= limit["smem_block"],
+        num_warps=num_warps,
+        num_stages=int(compiled.metadata.num_stages),
+        **usage,
+        **instruction_mix(ptx),
+        ctas_per_sm=resident_ctas(arch, usage["registers"], shared, num_warps),
+    )
+    return row
+
+
+@dataclass(frozen=True)
+class Problem:
+    views: int
+    n: int
+    d: int
+
+
+#: one problem per row of the config table (P <= 1024 and above), plus a width that is not a
+#: multiple of 16
+PROBLEMS = (Problem(2, 256, 8192), Problem(2, 2048, 8192), Problem(2, 2048, 1000))
+QUICK_PROBLEMS = (Problem(2, 256, 8192), Problem(2, 2048, 8192), Problem(2, 2048, 1000))
+
+
+def candidate_plans(plan: Plan, every: bool) -> Iterator[tuple[str, Plan]]:
+    """The default plan, and with ``every`` one plan per autotune candidate (forward and backward
+    candidates taken pairwise; the split and padding stay the default plan's, as under
+    autotuning)."""
+    yield "default", plan
+    if not every:
+        return
+    forward, backward = plan.forward, plan.backward
+    for k in range(1, max(len(forward), len(backward))):
+        f = forward[min(k, len(forward) - 1)]
+        b = backward[min(k, len(backward) - 1)]
+        if plan.k_per_split % f.BLOCK_K:
+            continue
+        yield f"candidate {k}", dataclasses.replace(plan, forward=(f,), backward=(b,))
+
+
+def run(archs: list[str], settings: list[str], problems, every: bool) -> list[dict[str, Any]]:
+    rows = []
+    for arch in archs:
+        for setting in settings:
+            dtype, precision = SETTINGS[setting]
+            for problem in problems:
+                plan = make_plan(arch, LIMITS[arch]["sms"], problem.views, problem.n, problem.d,
+                                 dtype, precision, True)  # fmt: skip
+                seen = set()
+                for label, variant in candidate_plans(plan, every):
+                    for launch in record_step(variant):
+                        key = (launch.name, json.dumps(launch.kwargs, sort_keys=True, default=str))
+                        if label != "default" and key in seen:
+                            continue
+                        seen.add(key)
+                        row = report_launch(launch, arch)
+                        row.update(arch=arch, setting=setting, views=problem.views, n=problem.n,
+                                   d=problem.d, rows=plan.rows, which=label)  # fmt: skip
+                        rows.append(row)
+                        print(_line(row), flush=True)
+    return rows
+
+
+def verdict(row: dict[str, Any]) -> str:
+    if not row["compiles"]:
+        return "FAILS"
+    problems = []
+    if not row["fits"]:
+        problems.append("smem")
+    if row["spill_stores"] or row["spill_loads"]:
+        problems.append("spills")
+    return "ok" if not problems else "+".join(problems)
+
+
+def _config_text(row: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in row["config"].items() if k not in ("EMULATE_RTNE",
+                    "WIDEN_DOT", "NEED_GRAD", "V", "V_BLOCK", "INPUT_PRECISION"))  # fmt: skip
+
+
+def _line(row: dict[str, Any]) -> str:
+    head = (f"{row['arch']} {row['setting']:<13} P={row['rows']:<5} D={row['d']:<5} "
+            f"{row['which']:<11} {row['kernel']:<22}")  # fmt: skip
+    if not row["compiles"]:
+        return f"{head} FAILS {row['error'][:120]}"
+    return (f"{head} smem {row['shared']:>6}/{row['shared_limit']} regs {row['registers']:>3} "
+            f"spill {row['spill_stores']:>4}/{row['spill_loads']:<4} {row['mma']:<8} "
+            f"cp.async {row['cp_async']:>3} tma {row['tma']} ctas/SM {row['ctas_per_sm']} "
+            f"{verdict(row)}  [{_config_text(row)}]")  # fmt: skip
+
+
+def markdown(rows: list[dict[str, Any]], header: str) -> str:
+    lines = [header, "",
+             "| arch | setting | P | D | which | kernel | config | smem (B) | regs | spills "
+             "(st/ld) | MMA | cp.async | TMA | CTAs/SM | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in rows:
+        if not row["compiles"]:
+            lines.append(f"| {row['arch']} | {row['setting']} | {row['rows']} | {row['d']} | "
+                         f"{row['which']} | {row['kernel']} | {_config_text(row)} | | | | | | | | "
+                         f"FAILS: {row['error'][:80]} |")  # fmt: skip
+            continue
+        lines.append(
+            f"| {row['arch']} | {row['setting']} | {row['rows']} | {row['d']} | {row['which']} | "
+            f"{row['kernel']} | {_config_text(row)} | {row['shared']} / {row['shared_limit']} | "
+            f"{row['registers']} | {row['spill_stores']}/{row['spill_loads']} | {row['mma']} | "
+            f"{row['cp_async']} | {row['tma']} | {row['ctas_per_sm']} | {verdict(row)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, int]:
+    defaults = [r for r in rows if r["which"] == "default"]
+    return {
+        "launches": len(rows),
+        "default_launches": len(defaults),
+        "fail_to_compile": sum(not r["compiles"] for r in rows),
+        "over_shared_memory": sum(r["compiles"] and not r["fits"] for r in rows),
+        "default_with_spills": sum(
+            r["compiles"] and (r["spill_stores"] or r["spill_loads"]) > 0 for r in defaults
+        ),
+        "with_spills": sum(r["compiles"] and (r["spill_stores"] or r["spill_loads"]) > 0
+                           for r in rows),  # fmt: skip
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--arch", nargs="+", default=list(LIMITS), choices=list(LIMITS))
+    parser.add_argument("--setting", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--quick", action="store_true", help="default configs only")
+    parser.add_argument("--write", action="store_true",
+                        help="write benchmarks/results/compile/triton-<version>.{md,json}")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "compile")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    problems = QUICK_PROBLEMS if args.quick else PROBLEMS
+    rows = run(args.arch, args.setting, problems, every=not args.quick)
+    elapsed = time.perf_counter() - start
+    totals = summary(rows)
+    header = (
+        f"# Kernel compile report: triton {triton.__version__}, torch {torch.__version__}\n\n"
+        f"`python benchmarks/kernel_report.py{' --quick' if args.quick else ''}` "
+        f"({elapsed:.0f} s, no GPU). Targets: {', '.join(args.arch)}. Each launch of a "
+        "forward + backward step compiled as the op makes it; registers and spills from "
+        "ptxas -v, shared memory from the compiled metadata.\n\n"
+        f"Totals: {json.dumps(totals)}"
+    )
+    print(json.dumps(totals))
+    if args.write:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = args.out / f"triton-{triton.__version__}"
+        stem.with_suffix(".md").write_text(markdown(rows, header))
+        payload = {"triton": triton.__version__, "torch": torch.__version__,
+                   "seconds": elapsed, "totals": totals, "rows": rows}  # fmt: skip
+        stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
+        print(f"wrote {stem}.md and .json")
+    bad = totals["fail_to_compile"] + totals["over_shared_memory"] + totals["default_with_spills"]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The launch plan of one problem: tiles, split, padding, workspace layout. Shapes only.
+
+A plan depends on (architecture, SM count, V, N, D, dtype, float32 matmul precision, need_grad)
+and nothing else, so it is computed once per shape and cached: the hot path does a dictionary
+look-up, no device query. The compile report and the performance model read the same plan.
+
+Layout, with P = V N stacked rows (row p = u N + i), B = ``BLOCK``:
+
+    NB     = ceil(P / B)                   row blocks; P_pad = NB B rows of zh (zero rows after P)
+    D_pad  = D rounded up to the K step    zero columns after D, so the forward's K-loop and the
+                                           backward's row loads need no mask and stay vectorised
+    tiles  = NB (NB + 1) / 2               upper-triangular tiles (pb <= qb) of S and of G
+    split  = K-loop pieces per tile        > 1 only when tiles alone leave SMs idle
+
+One workspace (a byte buffer, every segment 256-byte aligned) holds what the forward writes:
+
+    zh            (P_pad, D_pad)           input dtype (float32 for float32 and float64: acc)
+    s, projected  (P,)                     accumulator dtype
+    rho, a        (V, V, N)                positive pairs and dL_align / drho
+    align         (N,)                     L_align per sample
+    red           (tiles,)                 L_red per tile
+    split partial (split, tiles, B, B)     float32 / float64 partial S tiles (split > 1 only)
+    G             (tiles, B, B)            input dtype          \
+    radial slots  (NB, P_pad)              accumulator dtype     > only when need_grad
+    radial        (P_pad,)                 accumulator dtype    /
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from smi_kernels._triton import configs
+
+ALIGN = 256
+#: K-loop pieces of a split tile are at least this many K steps long (a shorter piece spends
+#: more on its epilogue store than on its products)
+MIN_STEPS_PER_SPLIT = 4
+
+
+def accumulator(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64, float32 for every other dtype."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A typed slice of the workspace: ``offset`` bytes in, ``shape`` of ``dtype``."""
+
+    offset: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """Everything the launches of one problem need, from shapes alone. Plans are cached, one
+    object per problem, and compare and hash by identity."""
+
+    arch: str
+    kind: str
+    sm_count: int
+    views: int
+    n: int
+    d: int
+    dtype: torch.dtype
+    need_grad: bool
+    forward: tuple[configs.ForwardConfig, ...]
+    backward: tuple[configs.BackwardConfig, ...]
+    d_pad: int
+    split: int
+    k_per_split: int
+    segments: dict[str, Segment]
+    workspace_bytes: int
+
+    @property
+    def rows(self) -> int:
+        """P = V N."""
+        return self.views * self.n
+
+    @property
+    def block(self) -> int:
+        return self.forward[0].BLOCK
+
+    @property
+    def num_blocks(self) -> int:
+        return math.ceil(self.rows / self.block)
+
+    @property
+    def rows_pad(self) -> int:
+        return self.num_blocks * self.block
+
+    @property
+    def tiles(self) -> int:
+        return self.num_blocks * (self.num_blocks + 1) // 2
+
+    @property
+    def accumulator(self) -> torch.dtype:
+        return accumulator(self.dtype)
+
+    @property
+    def storage(self) -> torch.dtype:
+        """dtype of zh and G: the input dtype."""
+        return self.dtype
+
+    @property
+    def precision(self) -> str:
+        """``input_precision`` of tl.dot: tf32 for the tensor-core classes, ieee otherwise
+        (Triton leaves 16-bit operands as they are under "tf32")."""
+        return "ieee" if self.kind == "ieee" else "tf32"
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+def choose_split(
+    tiles: int, d_pad: int, block_k: int, sm_count: int, min_steps: int = MIN_STEPS_PER_SPLIT
+) -> tuple[int, int]:
+    """``(split, k_per_split)``: pieces of the K-loop per tile so that tiles x split programs
+    cover ``sm_count`` SMs, each piece a whole number of K steps, none shorter than
+    ``min_steps`` steps (unless the whole loop is shorter)."""
+    steps = d_pad // block_k
+    wanted = max(1, -(-sm_count // tiles))
+    split = max(1, min(wanted, steps // min_steps))
+    k_per_split = -(-steps // split) * block_k
+    return -(-d_pad // k_per_split), k_per_split
+
+
+@functools.lru_cache(maxsize=256)
+def make_plan(
+    arch: str,
+    sm_count: int,
+    views: int,
+    n: int,
+    d: int,
+    dtype: torch.dtype,
+    precision: str,
+    need_grad: bool,
+) -> Plan:
+    """The plan of V = ``views`` views of (n, d) in ``dtype`` (see the module docstring)."""
+    kind = configs.arithmetic(dtype, precision)
+    row = configs.row_for(arch, kind, views * n)
+    forward, backward = row.forward, row.backward
+    p = views * n
+    block = forward[0].BLOCK
+    nb = math.ceil(p / block)
+    p_pad = nb * block
+    tiles = nb * (nb + 1) // 2
+    # one D_pad for every forward candidate: the largest K step (a multiple of every other)
+    k_step = max(c.BLOCK_K for c in forward)
+    d_pad = _round_up(d, k_step)
+    # the interpreter splits even short loops, so that small test problems run the split path
+    min_steps = 1 if arch == "interpreter" else MIN_STEPS_PER_SPLIT
+    split, k_per_split = choose_split(tiles, d_pad, forward[0].BLOCK_K, sm_count, min_steps)
+    acc = accumulator(dtype)
+    shapes: list[tuple[str, tuple[int, ...], torch.dtype]] = [
+        ("zh", (p_pad, d_pad), dtype),
+        ("s", (p,), acc),
+        ("projected", (p,), acc),
+        ("rho", (views, views, n), acc),
+        ("align_grad", (views, views, n), acc),
+        ("align", (n,), acc),
+        ("red", (tiles,), acc),
+    ]
+    if split > 1:
+        shapes.append(("split_partial", (split, tiles, block, block), acc))
+    if need_grad:
+        shapes += [
+            ("g", (tiles, block, block), dtype),
+            ("radial_slots", (nb, p_pad), acc),
+            ("radial", (p_pad,), acc),
+        ]
+    segments: dict[str, Segment] = {}
+    offset = 0
+    for name, shape, dt in shapes:
+        segments[name] = Segment(offset, shape, dt)
+        offset = _round_up(offset + segments[name].nbytes, ALIGN)
+    return Plan(
+        arch=arch,
+        kind=kind,
+        sm_count=sm_count,
+        views=views,
+        n=n,
+        d=d,
+        dtype=dtype,
+        need_grad=need_grad,
+        forward=forward,
+        backward=backward,
+        d_pad=d_pad,
+        split=split,
+        k_per_split=k_per_split,
+        segments=segments,
+        workspace_bytes=max(offset, ALIGN),
+    )
+
+
+def segment(workspace: torch.Tensor, plan: Plan, name: str) -> torch.Tensor:
+    """The typed view of segment ``name`` of a workspace (a uint8 tensor)."""
+    seg = plan.segments[name]
+    return workspace[seg.offset : seg.offset + seg.nbytes].view(seg.dtype).view(seg.shape)
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+#: SMs assumed under the interpreter: a few, so that small test problems split their K-loop
+INTERPRETER_SMS = 8
+
+
+def sm_count(device: torch.device) -> int:
+    """SMs of a CUDA device (queried once per device), ``INTERPRETER_SMS`` elsewhere."""
+    if device.type != "cuda":
+        return INTERPRETER_SMS
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _sm_count(index)
+
+
+@functools.lru_cache(maxsize=16)
+def _architecture(index: int) -> str:
+    return configs.architecture(torch.device("cuda", index))
+
+
+def device_architecture(device: torch.device) -> str:
+    """``configs.architecture`` cached per device."""
+    if device.type != "cuda":
+        return "interpreter"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _architecture(index)
+
+
+def plan_for(views: int, n: int, d: int, dtype: torch.dtype, device: torch.device,
+             need_grad: bool) -> Plan:  # fmt: skip
+    """The cached plan of a problem on ``device`` at the current float32 matmul precision."""
+    return make_plan(
+        device_architecture(device),
+        sm_count(device),
+        views,
+        n,
+        d,
+        dtype,
+        torch.get_float32_matmul_precision(),
+        need_grad,
+    )
