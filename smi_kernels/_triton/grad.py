@@ -35,6 +35,59 @@ from smi_kernels._triton.rounding import to_storage
 
 
 @triton.jit
+def row_epilogue(
+    acc,
+    col0,
+    offs_p,
+    db,
+    zh_ptr,
+    rho_ptr,
+    align_grad_ptr,
+    dz_ptr,
+    view_stride,
+    radial,
+    s,
+    projected,
+    c_align,
+    c_red_scaled,
+    P,
+    N,
+    D,
+    D_pad,
+    V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    WIDTH: tl.constexpr,
+    EMULATE_RTNE: tl.constexpr,
+):
+    """dz of columns db BLOCK_D + col0 .. + WIDTH of the row block, from acc = (G_sym Z) there."""
+    acc_dtype = acc.dtype
+    offs_d = db * BLOCK_D + col0 + tl.arange(0, WIDTH)
+    row_ok = offs_p < P
+    col_ok = (offs_d < D)[None, :]
+    view_p = offs_p // N
+    sample_p = offs_p - view_p * N
+    dzh = acc * c_red_scaled
+    for v in tl.static_range(V):
+        pair_ok = row_ok & (view_p != v)
+        a = tl.load(align_grad_ptr + (view_p * V + v) * N + sample_p, mask=pair_ok, other=0.0)
+        partner = (v * N + sample_p).to(tl.int64)
+        z_v = tl.load(
+            zh_ptr + partner[:, None] * D_pad + offs_d[None, :],
+            mask=pair_ok[:, None] & col_ok,
+            other=0.0,
+        )
+        dzh += (c_align * a)[:, None] * z_v.to(acc_dtype)
+    mask = row_ok[:, None] & col_ok
+    zh_p = tl.load(
+        zh_ptr + offs_p.to(tl.int64)[:, None] * D_pad + offs_d[None, :], mask=mask, other=0.0
+    )
+    dz = (dzh - (projected * radial)[:, None] * zh_p.to(acc_dtype)) / s[:, None]
+    rows = view_p.to(tl.int64) * view_stride + sample_p.to(tl.int64) * D
+    out = dz_ptr + rows[:, None] + offs_d[None, :]
+    tl.store(out, to_storage(dz, dz_ptr.dtype.element_ty, EMULATE_RTNE), mask=mask)
+
+
+@triton.jit
 def gram_backward_kernel(
     zh_ptr,  # (P_pad, D_pad)
     s_ptr,  # (P,)
@@ -57,11 +110,13 @@ def gram_backward_kernel(
     BLOCK: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    HALVES: tl.constexpr,
     EVEN_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     WIDEN_DOT: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
 ):
+    WIDTH: tl.constexpr = BLOCK_D // HALVES
     pid = tl.program_id(0)
     db = pid // num_blocks
     pb = pid - db * num_blocks
@@ -69,35 +124,34 @@ def gram_backward_kernel(
     r = tl.arange(0, BLOCK)
     q = tl.arange(0, BLOCK_Q)
     offs_p = pb * BLOCK + r
-    offs_d = db * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_d = db * BLOCK_D + tl.arange(0, WIDTH)
     if EVEN_D:
-        z_mask = None
+        z_mask0 = None
+        z_mask1 = None
     else:
-        z_mask = (offs_d < D_pad)[None, :]
+        z_mask0 = (offs_d < D_pad)[None, :]
+        z_mask1 = (offs_d + WIDTH < D_pad)[None, :]
 
-    acc = tl.zeros((BLOCK, BLOCK_D), acc_dtype)
+    acc0 = tl.zeros((BLOCK, WIDTH), acc_dtype)
+    acc1 = tl.zeros((BLOCK, WIDTH), acc_dtype)
     # below the diagonal: G_sym[p, q] = G[q, p], rows jj..jj + BLOCK_Q of stored tile (qb, pb)
     for kq in range(0, pb * BLOCK, BLOCK_Q):
         qb = kq // BLOCK
         jj = kq - qb * BLOCK
         tile = packed_tile_index(qb, pb) * (BLOCK * BLOCK)
         g = tl.trans(tl.load(g_ptr + tile + (jj + q)[:, None] * BLOCK + r[None, :]))
-        z = tl.load(zh_ptr + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :], mask=z_mask)
-        if WIDEN_DOT:
-            g = g.to(tl.float32)
-            z = z.to(tl.float32)
-        acc = tl.dot(g, z, acc, input_precision=INPUT_PRECISION)
+        z_rows = zh_ptr + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
+        acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
+                                INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
     # on and above the diagonal: columns jj..jj + BLOCK_Q of stored tile (pb, qb)
     for kq in range(pb * BLOCK, num_blocks * BLOCK, BLOCK_Q):
         qb = kq // BLOCK
         jj = kq - qb * BLOCK
         tile = packed_tile_index(pb, qb) * (BLOCK * BLOCK)
         g = tl.load(g_ptr + tile + r[:, None] * BLOCK + (jj + q)[None, :])
-        z = tl.load(zh_ptr + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :], mask=z_mask)
-        if WIDEN_DOT:
-            g = g.to(tl.float32)
-            z = z.to(tl.float32)
-        acc = tl.dot(g, z, acc, input_precision=INPUT_PRECISION)
+        z_rows = zh_ptr + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
+        acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
+                                INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
 
     g_loss = tl.load(grad_out_ptr).to(acc_dtype)
     g_align = tl.load(grad_out_ptr + 1).to(acc_dtype)
@@ -105,9 +159,8 @@ def gram_backward_kernel(
     c_align = g_loss + g_align
     c_red = lambda_param * g_loss + g_red
 
-    # the row scalars first, so that at most one more tile than dzh is live at a time
+    # the row scalars, before any further tile is loaded
     row_ok = offs_p < P
-    col_ok = (offs_d < D)[None, :]
     view_p = offs_p // N
     sample_p = offs_p - view_p * N
     radial_align = tl.zeros((BLOCK,), acc_dtype)
@@ -120,21 +173,40 @@ def gram_backward_kernel(
     radial = c_red * tl.load(radial_ptr + offs_p) + c_align * radial_align
     s = tl.load(s_ptr + offs_p, mask=row_ok, other=1.0)
     projected = tl.load(projected_ptr + offs_p, mask=row_ok, other=0.0)
+    c_red_scaled = c_red * inv_g_scale
+    row_epilogue(
+        acc0, 0, offs_p, db, zh_ptr, rho_ptr, align_grad_ptr, dz_ptr, view_stride, radial, s,
+        projected, c_align, c_red_scaled, P, N, D, D_pad, V, BLOCK_D, WIDTH, EMULATE_RTNE,
+    )  # fmt: skip
+    if HALVES == 2:
+        row_epilogue(
+            acc1, WIDTH, offs_p, db, zh_ptr, rho_ptr, align_grad_ptr, dz_ptr, view_stride, radial,
+            s, projected, c_align, c_red_scaled, P, N, D, D_pad, V, BLOCK_D, WIDTH, EMULATE_RTNE,
+        )  # fmt: skip
 
-    dzh = acc * (c_red * inv_g_scale)
-    for v in tl.static_range(V):
-        pair_offset = (view_p * V + v) * N + sample_p
-        pair_ok = row_ok & (view_p != v)
-        a = tl.load(align_grad_ptr + pair_offset, mask=pair_ok, other=0.0)
-        partner = (v * N + sample_p).to(tl.int64)
-        z_v = tl.load(
-            zh_ptr + partner[:, None] * D_pad + offs_d[None, :],
-            mask=pair_ok[:, None] & col_ok,
-            other=0.0,
-        )
-        dzh += (c_align * a)[:, None] * z_v.to(acc_dtype)
-    mask = row_ok[:, None] & col_ok
-    zh_p = tl.load(zh_ptr + offs_p.to(tl.int64)[:, None] * D_pad + offs_d[None, :], mask=mask, other=0.0)
-    dz = (dzh - (projected * radial)[:, None] * zh_p.to(acc_dtype)) / s[:, None]
-    out = dz_ptr + (view_p.to(tl.int64) * view_stride + sample_p.to(tl.int64) * D)[:, None] + offs_d[None, :]
-    tl.store(out, to_storage(dz, dz_ptr.dtype.element_ty, EMULATE_RTNE), mask=mask)
+
+@triton.jit
+def accumulate(
+    acc0,
+    acc1,
+    g,
+    z_rows,
+    z_mask0,
+    z_mask1,
+    WIDTH: tl.constexpr,
+    HALVES: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    WIDEN_DOT: tl.constexpr,
+):
+    """acc_h + G slice @ Z slice, for the column halves h of the output tile."""
+    z0 = tl.load(z_rows, mask=z_mask0)
+    if WIDEN_DOT:
+        g = g.to(tl.float32)
+        z0 = z0.to(tl.float32)
+    acc0 = tl.dot(g, z0, acc0, input_precision=INPUT_PRECISION)
+    if HALVES == 2:
+        z1 = tl.load(z_rows + WIDTH, mask=z_mask1)
+        if WIDEN_DOT:
+            z1 = z1.to(tl.float32)
+        acc1 = tl.dot(g, z1, acc1, input_precision=INPUT_PRECISION)
+    return acc0, acc1

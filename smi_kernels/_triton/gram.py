@@ -62,13 +62,12 @@ def packed_tile_index(pb, qb):
 
 
 @triton.jit
-def tile_epilogue(
+def piece_epilogue(
     acc,
     pb,
     qb,
-    t,
+    col0,
     g_ptr,
-    red_ptr,
     radial_slots_ptr,
     P,
     P_pad,
@@ -76,15 +75,18 @@ def tile_epilogue(
     eps,
     g_scale,
     BLOCK: tl.constexpr,
+    WIDTH: tl.constexpr,
     NEED_GRAD: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
 ):
-    """The transform, the L_red partial, and (when grad is needed) G and the radial slots of
-    tile (pb, qb) of S, held in ``acc``."""
-    acc_dtype = red_ptr.dtype.element_ty
+    """The transform of columns col0..col0 + WIDTH of tile (pb, qb) of S, held in ``acc``
+    (BLOCK x WIDTH): stores that piece of G and the column radial sums (slot pb), and returns
+    ``(L_red partial, row radial sums)``."""
+    acc_dtype = acc.dtype
     r = tl.arange(0, BLOCK)
+    c = tl.arange(0, WIDTH)
     offs_p = pb * BLOCK + r
-    offs_q = qb * BLOCK + r
+    offs_q = qb * BLOCK + col0 + c
     view_p = offs_p // N
     view_q = offs_q // N
     sample_p = offs_p - view_p * N
@@ -99,18 +101,61 @@ def tile_epilogue(
     log_t = log1p(x, t_entry)
     upper = offs_p[:, None] < offs_q[None, :]
     terms = tl.where(redundancy & upper, weight * log_t * log_t, 0.0)
-    tl.store(red_ptr + t, tl.sum(tl.sum(terms, axis=1), axis=0) * 0.25)
+    red = tl.sum(tl.sum(terms, axis=1), axis=0) * 0.25
 
+    row_radial = tl.zeros((BLOCK,), acc_dtype)
     if NEED_GRAD:
         g = tl.where(redundancy, -weight * log_t * rho / t_entry, 0.0)
         stored = to_storage(g * g_scale, g_ptr.dtype.element_ty, EMULATE_RTNE)
         tile = packed_tile_index(pb, qb)
-        tl.store(g_ptr + tile * (BLOCK * BLOCK) + r[:, None] * BLOCK + r[None, :], stored)
+        tl.store(g_ptr + tile * (BLOCK * BLOCK) + r[:, None] * BLOCK + (col0 + c)[None, :], stored)
         # the radial sums use G as the backward will read it (rounded to its storage type)
         gs = (stored.to(acc_dtype) / g_scale) * acc
-        tl.store(radial_slots_ptr + qb.to(tl.int64) * P_pad + offs_p, tl.sum(gs, axis=1))
+        row_radial = tl.sum(gs, axis=1)
         if pb != qb:
             tl.store(radial_slots_ptr + pb.to(tl.int64) * P_pad + offs_q, tl.sum(gs, axis=0))
+    return red, row_radial
+
+
+@triton.jit
+def tile_epilogue(
+    acc0,
+    acc1,
+    pb,
+    qb,
+    t,
+    g_ptr,
+    red_ptr,
+    radial_slots_ptr,
+    P,
+    P_pad,
+    N,
+    eps,
+    g_scale,
+    BLOCK: tl.constexpr,
+    HALVES: tl.constexpr,
+    NEED_GRAD: tl.constexpr,
+    EMULATE_RTNE: tl.constexpr,
+):
+    """The epilogue of tile (pb, qb), t: the L_red partial, G and the radial slots. With
+    HALVES = 2 the tile is held as two column halves, transformed one after the other, so that
+    the transform's temporaries are half a tile (a whole 128 x 128 tile's would spill)."""
+    WIDTH: tl.constexpr = BLOCK // HALVES
+    red, row_radial = piece_epilogue(
+        acc0, pb, qb, 0, g_ptr, radial_slots_ptr, P, P_pad, N, eps, g_scale,
+        BLOCK, WIDTH, NEED_GRAD, EMULATE_RTNE,
+    )  # fmt: skip
+    if HALVES == 2:
+        red1, row_radial1 = piece_epilogue(
+            acc1, pb, qb, WIDTH, g_ptr, radial_slots_ptr, P, P_pad, N, eps, g_scale,
+            BLOCK, WIDTH, NEED_GRAD, EMULATE_RTNE,
+        )  # fmt: skip
+        red += red1
+        row_radial += row_radial1
+    tl.store(red_ptr + t, red)
+    if NEED_GRAD:
+        offs_p = pb * BLOCK + tl.arange(0, BLOCK)
+        tl.store(radial_slots_ptr + qb.to(tl.int64) * P_pad + offs_p, row_radial)
 
 
 @triton.jit
@@ -130,41 +175,52 @@ def gram_forward_kernel(
     g_scale,
     BLOCK: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    HALVES: tl.constexpr,
     SPLIT: tl.constexpr,
     NEED_GRAD: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     WIDEN_DOT: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
 ):
+    WIDTH: tl.constexpr = BLOCK // HALVES
     pid = tl.program_id(0)
     piece = pid // num_tiles
     t = pid - piece * num_tiles
     pb, qb = triangle_tile(t)
     r = tl.arange(0, BLOCK)
+    c = tl.arange(0, WIDTH)
     offs_k = tl.arange(0, BLOCK_K)
     k_start = piece * k_per_split
     k_end = tl.minimum(k_start + k_per_split, D_pad)
     a_ptrs = zh_ptr + (pb * BLOCK + r).to(tl.int64)[:, None] * D_pad + (k_start + offs_k)[None, :]
-    b_ptrs = zh_ptr + (qb * BLOCK + r).to(tl.int64)[:, None] * D_pad + (k_start + offs_k)[None, :]
-    acc = tl.zeros((BLOCK, BLOCK), red_ptr.dtype.element_ty)
+    b_ptrs = zh_ptr + (qb * BLOCK + c).to(tl.int64)[:, None] * D_pad + (k_start + offs_k)[None, :]
+    acc0 = tl.zeros((BLOCK, WIDTH), red_ptr.dtype.element_ty)
+    acc1 = tl.zeros((BLOCK, WIDTH), red_ptr.dtype.element_ty)
     for _ in range(k_start, k_end, BLOCK_K):
         a = tl.load(a_ptrs)
-        b = tl.load(b_ptrs)
+        b0 = tl.load(b_ptrs)
         if WIDEN_DOT:
             a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+            b0 = b0.to(tl.float32)
+        acc0 = tl.dot(a, tl.trans(b0), acc0, input_precision=INPUT_PRECISION)
+        if HALVES == 2:
+            b1 = tl.load(b_ptrs + WIDTH * D_pad)
+            if WIDEN_DOT:
+                b1 = b1.to(tl.float32)
+            acc1 = tl.dot(a, tl.trans(b1), acc1, input_precision=INPUT_PRECISION)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
 
     if SPLIT == 1:
         tile_epilogue(
-            acc, pb, qb, t, g_ptr, red_ptr, radial_slots_ptr, P, P_pad, N, eps, g_scale,
-            BLOCK, NEED_GRAD, EMULATE_RTNE,
+            acc0, acc1, pb, qb, t, g_ptr, red_ptr, radial_slots_ptr, P, P_pad, N, eps, g_scale,
+            BLOCK, HALVES, NEED_GRAD, EMULATE_RTNE,
         )  # fmt: skip
     else:
-        slot = pid.to(tl.int64) * (BLOCK * BLOCK)
-        tl.store(split_partial_ptr + slot + r[:, None] * BLOCK + r[None, :], acc)
+        slot = split_partial_ptr + pid.to(tl.int64) * (BLOCK * BLOCK) + r[:, None] * BLOCK
+        tl.store(slot + c[None, :], acc0)
+        if HALVES == 2:
+            tl.store(slot + (WIDTH + c)[None, :], acc1)
 
 
 @triton.jit
@@ -180,22 +236,28 @@ def gram_epilogue_kernel(
     eps,
     g_scale,
     BLOCK: tl.constexpr,
+    HALVES: tl.constexpr,
     SPLIT: tl.constexpr,
     NEED_GRAD: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
 ):
     """Split K: S tile t = the sum of its SPLIT partial tiles, in split order; then the epilogue."""
+    WIDTH: tl.constexpr = BLOCK // HALVES
     t = tl.program_id(0)
     pb, qb = triangle_tile(t)
     r = tl.arange(0, BLOCK)
-    offsets = r[:, None] * BLOCK + r[None, :]
-    acc = tl.zeros((BLOCK, BLOCK), red_ptr.dtype.element_ty)
+    c = tl.arange(0, WIDTH)
+    offsets = r[:, None] * BLOCK + c[None, :]
+    acc0 = tl.zeros((BLOCK, WIDTH), red_ptr.dtype.element_ty)
+    acc1 = tl.zeros((BLOCK, WIDTH), red_ptr.dtype.element_ty)
     for piece in tl.static_range(SPLIT):
-        slot = (piece * num_tiles + t).to(tl.int64) * (BLOCK * BLOCK)
-        acc += tl.load(split_partial_ptr + slot + offsets)
+        slot = split_partial_ptr + (piece * num_tiles + t).to(tl.int64) * (BLOCK * BLOCK)
+        acc0 += tl.load(slot + offsets)
+        if HALVES == 2:
+            acc1 += tl.load(slot + WIDTH + offsets)
     tile_epilogue(
-        acc, pb, qb, t, g_ptr, red_ptr, radial_slots_ptr, P, P_pad, N, eps, g_scale,
-        BLOCK, NEED_GRAD, EMULATE_RTNE,
+        acc0, acc1, pb, qb, t, g_ptr, red_ptr, radial_slots_ptr, P, P_pad, N, eps, g_scale,
+        BLOCK, HALVES, NEED_GRAD, EMULATE_RTNE,
     )  # fmt: skip
 
 

@@ -241,14 +241,14 @@ def launch_forward(
     kernel[(plan.tiles * plan.split,)](
         seg["zh"], g, seg["red"], slots, partial,
         p, plan.rows_pad, n, plan.d_pad, plan.tiles, plan.k_per_split, eps, scale,
-        BLOCK=plan.block, SPLIT=plan.split, INPUT_PRECISION=plan.precision,
+        BLOCK=plan.block, HALVES=plan.halves, SPLIT=plan.split, INPUT_PRECISION=plan.precision,
         WIDEN_DOT=widen_dot(plan), **common, **options,
     )  # fmt: skip
     if plan.split > 1:
         gram_epilogue_kernel[(plan.tiles,)](
             g, seg["red"], slots, partial,
             p, plan.rows_pad, n, plan.tiles, eps, scale,
-            BLOCK=plan.block, SPLIT=plan.split, **common,
+            BLOCK=plan.block, HALVES=plan.halves, SPLIT=plan.split, **common,
             **_compile_options(plan.forward[0], plan),
         )  # fmt: skip
     radial_programs = triton.cdiv(plan.rows_pad, RADIAL_BLOCK) if plan.need_grad else 0
@@ -277,7 +277,7 @@ def backward(
         seg["align_grad"], grad_out, dz, plan.n * plan.d,
         plan.rows, plan.n, plan.d, plan.d_pad, plan.num_blocks, lambda_param,
         1.0 / g_scale(plan.dtype, eps),
-        V=plan.views, BLOCK=plan.block, INPUT_PRECISION=plan.precision,
+        V=plan.views, BLOCK=plan.block, HALVES=plan.backward_halves, INPUT_PRECISION=plan.precision,
         WIDEN_DOT=widen_dot(plan), EMULATE_RTNE=emulate_rtne(plan),
         **options,
     )  # fmt: skip

@@ -90,6 +90,19 @@ class Plan:
         return self.forward[0].BLOCK
 
     @property
+    def halves(self) -> int:
+        """Column halves the kernels hold an output tile in: 2 from 128-wide tiles on the GPU (the
+        epilogue of a whole 128 x 128 tile spills registers), else 1; the interpreter's larger
+        tiles (32) take 2 as well, so that the tests run both forms."""
+        return 2 if self.block >= (32 if self.arch == "interpreter" else 128) else 1
+
+    @property
+    def backward_halves(self) -> int:
+        """Column halves of the backward's output tile: as ``halves``, for BLOCK_D."""
+        wide = 32 if self.arch == "interpreter" else 128
+        return 2 if self.backward[0].BLOCK_D >= wide and self.block >= wide else 1
+
+    @property
     def num_blocks(self) -> int:
         return math.ceil(self.rows / self.block)
 
