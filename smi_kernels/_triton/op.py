@@ -265,7 +265,8 @@ def backward(
 ) -> Tensor:
     """dz (V, N, D) from the forward's workspace and the gradient of (L, L_align, L_red)."""
     device = workspace.device
-    dz = _allocate((plan.views, plan.n, plan.d), plan.dtype, device)
+    # rows of D_pad: aligned, unmasked stores; the caller sees the (V, N, D) view
+    dz = _allocate((plan.views, plan.n, plan.d_pad), plan.dtype, device)
     if grad_out.dtype != plan.accumulator or not grad_out.is_contiguous():
         grad_out = grad_out.to(plan.accumulator).contiguous()
     seg = segments(workspace, plan)
@@ -274,14 +275,14 @@ def backward(
     grid = (plan.num_blocks * triton.cdiv(plan.d, block_d),)
     kernel[grid](
         seg["zh"], seg["s"], seg["projected"], seg["g"], seg["radial"], seg["rho"],
-        seg["align_grad"], grad_out, dz, plan.n * plan.d,
+        seg["align_grad"], grad_out, dz, plan.n * plan.d_pad,
         plan.rows, plan.n, plan.d, plan.d_pad, plan.num_blocks, lambda_param,
         1.0 / g_scale(plan.dtype, eps),
         V=plan.views, BLOCK=plan.block, HALVES=plan.backward_halves, INPUT_PRECISION=plan.precision,
         WIDEN_DOT=widen_dot(plan), EMULATE_RTNE=emulate_rtne(plan),
         **options,
     )  # fmt: skip
-    return dz
+    return dz if plan.d_pad == plan.d else dz[..., : plan.d]
 
 
 # ---------------------------------------------------------------- eager entry

@@ -100,7 +100,7 @@ class Plan:
     def backward_halves(self) -> int:
         """Column halves of the backward's output tile: as ``halves``, for BLOCK_D."""
         wide = 32 if self.arch == "interpreter" else 128
-        return 2 if self.backward[0].BLOCK_D >= wide and self.block >= wide else 1
+        return 2 if self.backward[0].BLOCK_D >= wide else 1
 
     @property
     def num_blocks(self) -> int:
