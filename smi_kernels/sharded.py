@@ -56,8 +56,8 @@ no communication of gradients:
     dz       = the row-standardisation backward, locally
 
 Differentiating only the share L_r and sending the remote rows' part back (a reduce-scatter)
-gives the same numbers: rank r's own row terms give 1/2 G[R_r, :] Z, and the other ranks' column
-terms give the other half. That would cost every rank another P_local P_global D
+gives the same numbers: rank r's row terms give 1/2 G[R_r, :] Z, and the column terms of every
+rank (its own included) the other half. That would cost every rank another P_local P_global D
 multiply-adds (``G_r^T Z[R_r]``) plus a P_global x D reduce-scatter; the local formula needs
 neither. What it needs instead is the incoming gradient of every rank (gloo and NCCL both have
 reduce-scatter; it is not used here).

@@ -499,6 +499,23 @@ def test_distributed_macs():
         flops.distributed_macs(n, d, world, mode="ring")
 
 
+def test_benchmark_table_shows_the_saving():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "flops.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_flops_sharded", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    rows = {row["mode"]: row for row in bench.distributed_rows(2048, 8192, 8)}
+    assert rows["gather"]["backward_macs"] == 8 * rows["sharded"]["backward_macs"]
+    assert rows["gather"]["forward_macs"] == 4 * rows["sharded"]["forward_macs"]
+    assert rows["sharded"]["gather_over_mode"] == 6.0  # 3W/4 with W = 8
+    text = bench.format_distributed_table(list(rows.values()), 2048, 8192, 8)
+    assert "| sharded | 'sharded'" in text and "17.1799" in text
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--launch":
         raise SystemExit(launch(sys.argv[2]))
