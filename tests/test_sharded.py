@@ -392,6 +392,36 @@ def test_shares_add_up_to_the_global_loss_and_gradient(world, v_count):
         assert rel(torch.cat(got), want) < 1e-12
 
 
+@pytest.mark.parametrize(
+    "dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-2)]
+)
+def test_lower_precision_inputs(dtype, tol):
+    """Half inputs are standardised and multiplied in float32 (zh is gathered in float32); the
+    gradients come back in the input dtype. Against the float64 reference (SPEC section 6)."""
+    world, n = 3, 4
+    gen = torch.Generator().manual_seed(11)
+    base = torch.randn(world * n, 24, generator=gen, dtype=torch.float64)
+    views = [base + 0.5 * torch.randn(base.shape, generator=gen, dtype=torch.float64)]
+    views.append(base + 0.5 * torch.randn(base.shape, generator=gen, dtype=torch.float64))
+    views = [v.to(dtype) for v in views]
+    zh_all = every_zh([v.float() for v in views], world, n)  # as each rank computes them
+    total = torch.zeros(3)
+    grads: list[list[torch.Tensor]] = [[], []]
+    for rank in range(world):
+        leaves = [v.clone().requires_grad_() for v in rank_views(views, rank, n)]
+        share = smi_sharded(leaves, LAMBDA, EPS, comm=OneRankOf(rank, zh_all))
+        assert share.dtype == torch.float32
+        share[0].backward()
+        total += share.detach()
+        for k, leaf in enumerate(leaves):
+            assert leaf.grad.dtype == dtype
+            grads[k].append(leaf.grad)
+    terms, expected = reference_terms_and_grads([v.double() for v in views])
+    assert rel(total.double(), terms) < tol
+    for got, want in zip(grads, expected, strict=True):
+        assert rel(torch.cat(got).double(), want) < tol
+
+
 class _LargestOutput(TorchDispatchMode):
     """The largest number of elements of any tensor an op creates."""
 
