@@ -301,6 +301,81 @@ def explain_counting(n: int, d: int) -> str:
     )
 
 
+# --- per-rank cost of the distributed modes (smi_kernels.flops.distributed_macs) -------------
+
+DISTRIBUTED_MODES = (
+    ("local", "False", "none"),
+    ("gather", "True", "all-gather of z; all-reduce of dz (P_global x D) in the backward"),
+    (
+        "sharded",
+        "'sharded'",
+        "all-gather of zh; three tiny collectives (shapes, shares, incoming gradients)",
+    ),
+)
+
+
+def distributed_rows(n: int, d: int, devices: int, views: int = 2) -> list[dict[str, Any]]:
+    """Per-rank multiply-adds of SMI's three distributed modes, the global batch of ``n`` per
+    view split over ``devices`` ranks (cost model: fused counts for local and gather, the band
+    P_local x P_global for sharded)."""
+    local_n = n // devices
+    gather_total = sum(cost_model.distributed_macs(local_n, d, devices, views, mode="gather"))
+    rows = []
+    for mode, flag, communication in DISTRIBUTED_MODES:
+        forward, backward = cost_model.distributed_macs(local_n, d, devices, views, mode=mode)
+        rows.append(
+            {
+                "mode": mode,
+                "gather_distributed": flag,
+                "batch": "local" if mode == "local" else "global",
+                "forward_macs": forward,
+                "backward_macs": backward,
+                "total_macs": forward + backward,
+                "gather_over_mode": gather_total / (forward + backward),
+                "communication": communication,
+            }
+        )
+    return rows
+
+
+def format_distributed_table(rows: Sequence[dict[str, Any]], n: int, d: int, devices: int) -> str:
+    """The distributed rows as a text table, with a line on what it shows."""
+    from tabulate import tabulate
+
+    body = [
+        [
+            row["mode"],
+            row["gather_distributed"],
+            row["batch"],
+            f"{row['forward_macs'] / GIGA:.4f}",
+            f"{row['backward_macs'] / GIGA:.4f}",
+            f"{row['total_macs'] / GIGA:.4f}",
+            f"{row['gather_over_mode']:.2f}",
+            row["communication"],
+        ]
+        for row in rows
+    ]
+    headers = [
+        "mode",
+        "gather_distributed",
+        "loss of",
+        "forward\nGMACs/rank",
+        "backward\nGMACs/rank",
+        "fwd+bwd\nGMACs/rank",
+        "gather /\nmode",
+        "communication per step",
+    ]
+    table = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+    return (
+        f"Per-rank multiply-adds of the distributed modes: {n} samples per view over {devices} "
+        f"ranks of {n // devices}, D = {d}, two views (smi_kernels.flops.distributed_macs)\n\n"
+        f"{table}\n\n"
+        "gather and sharded compute the same global-batch loss and gradients; sharded computes "
+        "only each rank's rows of S against all columns (forward 1/W of the full square S, 2/W "
+        "of gather's upper triangle; backward exactly 1/W of gather's G_sym Z)."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the table (and write --json)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -350,6 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(explain(rows, args.n, args.d, args.devices))
     print()
     print(counting)
+    print()
+    distributed = distributed_rows(args.n, args.d, args.devices)
+    print(format_distributed_table(distributed, args.n, args.d, args.devices))
     print(f"\n({elapsed:.1f} s)")
 
     if args.json is not None:
@@ -367,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "notes": notes,
             "explanation": explain(rows, args.n, args.d, args.devices),
             "counting": counting,
+            "distributed_modes": distributed,
             "seconds": elapsed,
             "torch": torch.__version__,
         }
