@@ -162,7 +162,6 @@ def standardize_options(plan: Plan) -> dict:
         "V_BLOCK": triton.next_power_of_2(plan.views),
         "BLOCK_D": block,
         "SINGLE_PASS": single,
-        "STACKED": plan.views > MAX_VIEWS_IN_PLACE,
         "EMULATE_RTNE": emulate_rtne(plan),
     }
     if not interpreting(plan):
@@ -172,12 +171,13 @@ def standardize_options(plan: Plan) -> dict:
 
 
 def view_offsets(views: Sequence[Tensor]) -> tuple[Tensor, list[int], int]:
-    """``(view 0, [offsets of views 1..3], view_stride)``: where the views lie, in elements from
-    view 0. More than ``MAX_VIEWS_IN_PLACE`` views are stacked first (then view_stride is used)."""
-    if len(views) > MAX_VIEWS_IN_PLACE:
+    """``(base, [offsets of views 1..3], view_stride)``: where the views lie, in elements from
+    view 0 (``base``). Contiguous views are read in place; more than ``MAX_VIEWS_IN_PLACE`` views,
+    or a non-contiguous one, are stacked into one buffer first (``base`` then owns it, and
+    view_stride is used), so every address stays valid while the kernel reads it."""
+    if len(views) > MAX_VIEWS_IN_PLACE or not all(view.is_contiguous() for view in views):
         z = torch.stack(list(views))
         return z, [0, 0, 0], z.shape[1] * z.shape[2]
-    views = [view if view.is_contiguous() else view.contiguous() for view in views]
     base = views[0].data_ptr()
     size = views[0].element_size()
     offsets = [(view.data_ptr() - base) // size for view in views[1:]]
@@ -273,13 +273,13 @@ def launch_forward(
     """The forward launches of ``plan`` into ``workspace`` and ``out``."""
     run = launches(plan, configs.autotune_enabled())
     seg = segments(workspace, plan)
-    z0, offsets, view_stride = view_offsets(views)
+    base, offsets, view_stride = view_offsets(views)
     p, n = plan.rows, plan.n
     grid, options = run.standardize
     standardize_kernel[grid](
-        z0, offsets[0], offsets[1], offsets[2], view_stride,
+        base, offsets[0], offsets[1], offsets[2], view_stride,
         seg["zh"], seg["s"], seg["projected"], seg["rho"], seg["align_grad"], seg["align"],
-        n, plan.d, plan.d_pad, p, eps, **options,
+        n, plan.d, plan.d_pad, p, eps, STACKED=view_stride != 0, **options,
     )  # fmt: skip
     scratch = seg["red"]  # a placeholder pointer for buffers a launch does not write
     g = seg["g"] if plan.need_grad else scratch
