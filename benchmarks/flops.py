@@ -130,13 +130,14 @@ def matrices(fn: harness.LossFn, n: int, d: int) -> dict[str, int]:
 def fused_matrices(n: int, d: int) -> dict[str, int]:
     """The fused op never writes S: its entries are the strict upper triangle, P (P - 1) / 2,
     computed tile by tile in registers. What it stores of size P x P is G (the gradient of the
-    loss in S, packed upper tiles, only when a gradient is needed): the bytes of that output of
-    the op's fake implementation, at float32."""
+    loss in S, packed upper tiles, only when a gradient is needed): the bytes of that segment of
+    the op's workspace at float32, on an H100's plan (sm_90, 132 SMs; float32 at the default
+    matmul precision)."""
+    from smi_kernels._triton.plan import make_plan
+
     p = 2 * n
-    z = torch.empty(2, n, d, device="meta")
-    outputs = torch.ops.smi_kernels.smi_forward(z, 5e-3, 1e-4, True)
-    g = outputs[6]  # [out, zh, s, projected, rho, align_grad, g, radial]
-    return {"off_diagonal_entries": p * (p - 1) // 2, "matrix_bytes": g.numel() * 4}
+    plan = make_plan("sm90", 132, 2, n, d, torch.float32, "highest", True)
+    return {"off_diagonal_entries": p * (p - 1) // 2, "matrix_bytes": plan.segments["g"].nbytes}
 
 
 def peak_memory(fn: harness.LossFn, n: int, d: int) -> int:

@@ -141,7 +141,7 @@ def test_bitwise_deterministic() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("shape", [(3, 19, 45), (2, 40, 70)], ids=lambda s: "V{}-N{}-D{}".format(*s))
+@pytest.mark.parametrize("shape", [(2, 9, 45), (2, 40, 70)], ids=lambda s: "V{}-N{}-D{}".format(*s))
 def test_every_output_element_is_written(monkeypatch, shape, dtype: torch.dtype) -> None:
     """Buffers start as all-ones bytes (NaN in every float dtype): a single element the kernels
     forget to write shows up. The shapes take the split-K path and the two-halves tiles."""

@@ -229,8 +229,10 @@ def launches(plan: Plan, autotune: bool) -> Launches:
                                     "SPLIT": plan.split, **common,
                                     **_compile_options(plan.forward[0], plan)})  # fmt: skip
     radial_programs = triton.cdiv(plan.rows_pad, RADIAL_BLOCK) if plan.need_grad else 0
-    finalize = ((1 + radial_programs,),
-                {"BLOCK": finalize_block(max(plan.tiles, plan.n)), "BLOCK_R": RADIAL_BLOCK})  # fmt: skip
+    finalize_options = {"BLOCK": finalize_block(max(plan.tiles, plan.n)), "BLOCK_R": RADIAL_BLOCK}
+    if not interpreting(plan):
+        finalize_options["enable_fp_fusion"] = True
+    finalize = ((1 + radial_programs,), finalize_options)
     backward = None
     if plan.need_grad:
         kernel_b, options_b = backward_launcher(plan)
@@ -453,15 +455,20 @@ def _smi_backward_flops(grad_shape, workspace_shape, z_shape, *args, **kwargs) -
     return 2 * flops.fused_backward_macs(n, d, views=v)
 
 
-def _eager() -> bool:
-    """True when the autograd function can run directly: not tracing, no dispatch mode."""
-    return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+def _eager(device: torch.device) -> bool:
+    """True when the autograd function can run directly: real tensors (not meta), not tracing,
+    no dispatch mode (FlopCounterMode, FakeTensorMode, ...)."""
+    return (
+        device.type != "meta"
+        and not torch.compiler.is_compiling()
+        and torch._C._len_torch_dispatch_stack() == 0
+    )
 
 
 def smi_triton(views: Sequence[Tensor], lambda_param: float, eps: float) -> Tensor:
     """``(L, L_align, L_red)`` by the Triton kernels, differentiable in every view."""
     need_grad = torch.is_grad_enabled() and any(view.requires_grad for view in views)
-    if _eager():
+    if _eager(views[0].device):
         return _SMITriton.apply(lambda_param, eps, need_grad, *views)
     z = torch.stack(list(views))
     return torch.ops.smi_kernels.smi_forward(z, lambda_param, eps, need_grad)[0]
