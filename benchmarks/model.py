@@ -180,6 +180,7 @@ class DeviceRates:
     """
 
     name: str = "H100 SXM5 80GB (assumed rates)"
+    arch: str = "sm90"  # the config table the plan reads (``configs.architecture``)
     sms: int = 132
     tensor_16bit: float = BF16_ACHIEVABLE
     tensor_tf32: float = TF32_ACHIEVABLE
@@ -213,17 +214,18 @@ class DeviceRates:
 H100_SXM = DeviceRates()
 
 RATE_FIELDS = tuple(
-    f.name for f in dataclasses.fields(DeviceRates) if f.name not in ("name", "measured")
+    f.name for f in dataclasses.fields(DeviceRates) if f.name not in ("name", "arch", "measured")
 )
 
 
 def with_rates(rates: DeviceRates, **values: float) -> DeviceRates:
     """``rates`` with some fields replaced by measured values (recorded in ``measured``)."""
-    unknown = sorted(set(values) - set(RATE_FIELDS) - {"name"})
+    labels = {"name", "arch"}
+    unknown = sorted(set(values) - set(RATE_FIELDS) - labels)
     if unknown:
         raise ValueError(f"unknown rate fields {unknown}; known: {', '.join(RATE_FIELDS)}")
-    measured = tuple(dict.fromkeys((*rates.measured, *(k for k in values if k != "name"))))
-    typed = {k: (type(getattr(rates, k))(v) if k != "name" else str(v)) for k, v in values.items()}
+    measured = tuple(dict.fromkeys((*rates.measured, *(k for k in values if k not in labels))))
+    typed = {k: type(getattr(rates, k))(v) for k, v in values.items()}
     return dataclasses.replace(rates, **typed, measured=measured)
 
 
@@ -291,10 +293,14 @@ class StepEstimate:
     def kernels(self) -> int:
         return sum(launch.kernels for launch in self.launches)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, launches: bool = True) -> dict[str, Any]:
+        """A JSON-ready dict; ``launches=False`` leaves out the per-launch rows (a baseline's
+        are one per aten op)."""
         out = dataclasses.asdict(self)
         out["kernels"] = self.kernels
-        out["launches"] = [dataclasses.asdict(x) | {"bound": x.bound} for x in self.launches]
+        out["launches"] = (
+            [dataclasses.asdict(x) | {"bound": x.bound} for x in self.launches] if launches else []
+        )
         return out
 
 
@@ -615,10 +621,10 @@ def triton_step(
     precision: str = "highest",
     rates: DeviceRates = H100_SXM,
     views: int = 2,
-    arch: str = "sm90",
 ) -> StepEstimate:
-    """The fused path: one forward + backward of V = ``views`` views of (n, d)."""
-    plan = make_plan(arch, rates.sms, views, n, d, dtype, precision, True)
+    """The fused path: one forward + backward of V = ``views`` views of (n, d), planned for
+    ``rates.arch`` and ``rates.sms`` as the op would plan it on that device."""
+    plan = make_plan(rates.arch, rates.sms, views, n, d, dtype, precision, True)
     launches = tuple(triton_launches(plan, rates))
     gpu = sum(launch.time_s for launch in launches)
     fwd, bwd = plan.forward[0], plan.backward[0]
@@ -1008,14 +1014,15 @@ def baseline_step(
 
 
 def _size_class(shape: tuple[int, ...], n: int, d: int) -> str:
+    """What an op writes: an N x N block (or its off-diagonal), D x D, N x D, or vectors."""
     numel = math.prod(shape) if shape else 1
-    if numel >= d * d and d >= 2 * n:
-        return "D x D"
-    if (numel >= n * n and numel % (n * n) == 0) or numel in (n * n - n, n * n):
+    if numel in (n * n, n * n - n) and numel != n * d:
         return "N x N"
-    if numel >= n * d:
+    if numel in (d * d, d * d - d, d * d - 1) and numel != n * d:
+        return "D x D"
+    if numel == n * d:
         return "N x D"
-    return "vectors"
+    return "vectors" if numel < max(n, d) ** 2 else "other"
 
 
 def _pass_summary(records: Sequence[OpRecord], n: int, d: int) -> dict[str, Any]:
@@ -1411,11 +1418,12 @@ def report(rates: DeviceRates = H100_SXM) -> dict[str, Any]:
         cases[case.label] = {
             "case": dataclasses.asdict(case),
             "gemm_roofline_s": gemm_roofline_s(case, rates),
-            "steps": {key: step.to_json() for key, step in steps.items()},
+            "steps": {key: step.to_json(key == "smi_fused") for key, step in steps.items()},
         }
     worst = weakest(rows)
     return {
         "device": rates.name,
+        "arch": rates.arch,
         "rates": {k: getattr(rates, k) for k in RATE_FIELDS},
         "measured_rates": list(rates.measured),
         "assumptions": dict(ASSUMPTIONS),
