@@ -21,7 +21,7 @@ Stages, each with a time budget; a stage that fails is recorded and the others s
                  beside the measurements; target / predicted / measured / verdict
 
 Writes ``benchmarks/results/<gpu-name-slug>/``: gpu_check.json, gpu_check.md, env.json,
-pytest.log, sanitizer.log, measured_rates.json and PNG plots.
+pytest.log, sanitizer.log, measured_rates.json and PNG plots (gpu_check_*.png).
 
 Exit status: 0 every stage passed and every target was met; 1 a stage failed; 2 the stages
 passed but a target was missed; 3 no CUDA GPU (one line, nothing run).
@@ -317,15 +317,15 @@ def _copy_rate(device: Any) -> float:
     return 2 * size / _time_s(lambda: dst.copy_(src), device)
 
 
-def _l2_read_rate(device: Any) -> float:
-    """Bytes/s of a Triton kernel that re-reads a 16 MiB buffer (it stays in L2) 64 times,
-    every program a different chunk each round: the rate tile loads see from L2."""
-    import torch
+def l2_read_kernel() -> Any:
+    """A Triton kernel that reads every BLOCK-chunk of x once per round, ``repeats`` rounds,
+    each program a different chunk every round, and stores its running sums (so that nothing is
+    optimised away)."""
     import triton
     import triton.language as tl
 
     @triton.jit
-    def l2_read_kernel(x_ptr, out_ptr, chunks, repeats, BLOCK: tl.constexpr):
+    def l2_read(x_ptr, out_ptr, chunks, repeats, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         programs = tl.num_programs(0)
         offsets = tl.arange(0, BLOCK)
@@ -337,6 +337,15 @@ def _l2_read_rate(device: Any) -> float:
                 acc += tl.load(x_ptr + chunk * BLOCK + offsets)
         tl.store(out_ptr + pid * BLOCK + offsets, acc)
 
+    return l2_read
+
+
+def _l2_read_rate(device: Any) -> float:
+    """Bytes/s of ``l2_read_kernel`` over a 16 MiB buffer, 64 rounds: after the first round the
+    buffer is in L2, so this is the rate at which tile loads can come from L2."""
+    import torch
+
+    kernel = l2_read_kernel()
     block, repeats = 2048, 64
     x = torch.ones(16 * 2**20 // 4, device=device, dtype=torch.float32)
     chunks = x.numel() // block
@@ -344,7 +353,7 @@ def _l2_read_rate(device: Any) -> float:
     out = torch.empty(programs * block, device=device, dtype=torch.float32)
 
     def step() -> None:
-        l2_read_kernel[(programs,)](x, out, chunks, repeats, BLOCK=block, num_warps=8)
+        kernel[(programs,)](x, out, chunks, repeats, BLOCK=block, num_warps=8)
 
     return repeats * x.numel() * 4 / _time_s(step, device)
 
@@ -680,8 +689,8 @@ def plot(payload: dict[str, Any], out_dir: Path) -> list[Path]:
     labels = list(dict.fromkeys(c["label"] for c in comparisons if c["label"] != "sweep"))
 
     for metric, unit, filename, what in (
-        ("ms", 1.0, "targets_time.png", "forward + backward time per step, ms"),
-        ("peak_bytes", 2**20, "targets_memory.png", "peak memory above the inputs, MiB"),
+        ("ms", 1.0, "gpu_check_targets_time.png", "forward + backward time per step, ms"),
+        ("peak_bytes", 2**20, "gpu_check_targets_memory.png", "peak memory above the inputs, MiB"),
     ):
         fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 4.4), squeeze=False)
         for ax, label in zip(axes[0], labels, strict=True):
@@ -735,7 +744,7 @@ def plot(payload: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out_dir / "time_vs_n.png"
+        path = out_dir / "gpu_check_time_vs_n.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -769,7 +778,7 @@ def plot(payload: dict[str, Any], out_dir: Path) -> list[Path]:
         ]
         ax.legend(handles=handles, fontsize=7)
         fig.tight_layout()
-        path = out_dir / "predicted_vs_measured.png"
+        path = out_dir / "gpu_check_predicted_vs_measured.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

@@ -404,3 +404,31 @@ def test_gpu_check_report_and_stage_failures(tmp_path) -> None:
     text = check.markdown(payload)
     assert "Test GPU" in text and "| broken | failed |" in text
     assert check.plot(payload, tmp_path) == []
+
+
+def test_compile_assumption_graph_break() -> None:
+    """The model's torch.compile reading: dynamo breaks the reference's graph at the
+    boolean-mask index (data-dependent nonzero); if a torch upgrade stops breaking there, the
+    compiled model (COMPILED_REGIONS) must be revisited."""
+    import torch._dynamo
+
+    import reference
+
+    views = [torch.randn(8, 16, requires_grad=True) for _ in range(2)]
+    explanation = torch._dynamo.explain(reference.smi_loss)(*views)
+    assert explanation.graph_break_count >= 1
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), reason="runs the kernel interpreted"
+)
+def test_gpu_check_l2_kernel_reads_every_chunk_every_round() -> None:
+    check = _load("gpu_check")
+    kernel = check.l2_read_kernel()
+    block, chunks, programs, repeats = 16, 5, 3, 4
+    x = torch.arange(chunks * block, dtype=torch.float32)
+    out = torch.zeros(programs * block)
+    kernel[(programs,)](x, out, chunks, repeats, BLOCK=block)
+    expected = repeats * x.view(chunks, block).sum(0)
+    assert torch.allclose(out.view(programs, block).sum(0), expected)
