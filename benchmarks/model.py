@@ -1409,6 +1409,25 @@ ASSUMPTIONS = (
 )
 
 
+def _at_risk(rows: Sequence[TargetRow]) -> list[str]:
+    """Markdown lines naming the targets whose range crosses the threshold."""
+    risky = [
+        r for r in rows
+        if r.low is not None and r.high is not None
+        and TargetRow._passes(r.target, r.low) != TargetRow._passes(r.target, r.high)
+    ]  # fmt: skip
+    if not risky:
+        return []
+    lines = ["At risk (the range over the uncertain assumptions crosses the threshold):", ""]
+    for r in risky:
+        t = r.target
+        lines.append(
+            f"* ({t.case.label}) {t.description}: {_value(t.metric, r.low)} - "
+            f"{_value(t.metric, r.high)} against {_value(t.metric, t.threshold)}"
+        )
+    return [*lines, ""]
+
+
 def report(rates: DeviceRates = H100_SXM) -> dict[str, Any]:
     """Targets, and the steps of every case, as a JSON-ready dict."""
     rows = evaluate_targets(rates)
@@ -1457,10 +1476,14 @@ def markdown(rates: DeviceRates = H100_SXM) -> str:
         f"{_value(worst.target.metric, worst.target.threshold)} "
         f"(margin {worst.margin:.2f}x).",
         "",
+        *_at_risk(rows),
         "GEMM roofline: the fused path's minimal multiply-adds (6 N^2 D for two views) at the "
         "dense GEMM rate of the dtype, over the predicted fused step time. Peak memory: the "
         "Triton path's workspace + dz; the baselines' tensors alive at once plus the scratch "
-        "their CUDA kernels allocate inside an op (both columns below).",
+        "their CUDA kernels allocate inside an op (both columns below). Range: the same "
+        "metric with the L2 bandwidth at both ends of its assumed range, and with the "
+        "baselines' peak memory with and without that in-op scratch. The rules of the model "
+        "(L2 reuse, waves, what is counted) are in the docstring of `benchmarks/model.py`.",
         "",
         "## Assumptions",
         "",
