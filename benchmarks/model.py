@@ -379,14 +379,27 @@ def resident_ctas(rates: DeviceRates, shared: int, registers: int, num_warps: in
     return max(1, min(by_registers, by_shared, by_threads, rates.max_ctas_per_sm))
 
 
-def estimated_registers(accumulator_per_thread: float, matrix: str) -> int:
-    """Registers per thread of a tiled kernel (no compile here). Calibrated on the sm_90
-    compile report of the current configs (triton 3.9): wgmma kernels hold their fp32
-    accumulator plus about as much again for the epilogue, and reach the 255 cap from 64
-    accumulator registers a thread; FMA kernels hold operand fragments too (~4x)."""
+#: registers a thread of a wgmma kernel holds beside its accumulator for the epilogue
+#: (transform, masks, G store, radial sums; the backward's partner rows)
+EPILOGUE_REGISTERS = 110
+
+
+def estimated_registers(accumulator_per_thread: float, matrix: str, epilogue: bool = True) -> int:
+    """Registers per thread of a tiled kernel (nothing is compiled here). Calibrated on
+    ``benchmarks/kernel_report.py --quick --arch sm90`` (triton 3.9, the config table of
+    commit 09e7640): wgmma kernels need their fp32 accumulator plus ``EPILOGUE_REGISTERS``
+    (report: accumulator 32 -> 145-157, 64 -> 211-244 registers), twice the accumulator
+    without an epilogue (split-K pieces: 32 -> 64); FMA kernels hold operand fragments, about
+    4 x the accumulator, + 32 with an epilogue (32 -> 128 split, 149-168). Only the CTAs per SM
+    depend on it; the estimate gives the report's CTAs per SM for every sm_90 launch of the
+    current table but the finalize kernel's (no matter: one wave)."""
     if matrix == "tensor":
-        return 255 if accumulator_per_thread >= 64 else int(2 * accumulator_per_thread + 32)
-    return min(255, int(4 * accumulator_per_thread + 32))
+        needed = (
+            accumulator_per_thread + EPILOGUE_REGISTERS if epilogue else 2 * accumulator_per_thread
+        )
+    else:
+        needed = 4 * accumulator_per_thread + (32 if epilogue else 0)
+    return min(255, int(needed))
 
 
 def _matrix_engine(plan: Plan, rates: DeviceRates) -> tuple[str, float]:
@@ -510,7 +523,7 @@ def triton_launches(plan: Plan, rates: DeviceRates = H100_SXM) -> list[LaunchEst
     # Gram forward: tiles x split programs, each the full B x B tile over its K piece
     fwd = plan.forward[0]
     shared = _pipeline_stages(matrix, fwd.num_stages) * 2 * block * fwd.BLOCK_K * e
-    registers = estimated_registers(block * block / (32 * fwd.num_warps), matrix)
+    registers = estimated_registers(block * block / (32 * fwd.num_warps), matrix, plan.split == 1)
     ctas = resident_ctas(rates, shared, registers, fwd.num_warps)
     if plan.split > 1:
         stores = plan.split * tiles * block * block * a  # fp32 partial tiles
@@ -584,7 +597,9 @@ def triton_launches(plan: Plan, rates: DeviceRates = H100_SXM) -> list[LaunchEst
     programs = nb * d_blocks
     zh_columns = sum(min(block_d, plan.d_pad - db * block_d) for db in range(d_blocks))
     loop_loads = (programs * block + nb * zh_columns) * plan.rows_pad * e  # G slices, zh slices
-    rows_out = v * n * d * e  # dz; and so much again per zh row read by the epilogue (V of them)
+    # dz rows have D_pad columns (aligned stores); the epilogue reads V zh rows of the same width
+    columns = min(d_blocks * block_d, plan.d_pad)
+    rows_out = v * n * columns * e
     vectors_in = (3 * p + 2 * v * v * n + plan.rows_pad) * a
     g_hbm, zh_hbm = backward_hbm_reads(plan, rates.sms * ctas, rates.l2_reuse_bytes)
     launches.append(
@@ -608,10 +623,17 @@ def triton_launches(plan: Plan, rates: DeviceRates = H100_SXM) -> list[LaunchEst
 
 
 def triton_peak_bytes(plan: Plan) -> int:
-    """Bytes the Triton path allocates in one step: the workspace, dz and the loss vector (the
-    eager autograd entry reads the views in place: no stacked copy)."""
-    dz = plan.views * plan.n * plan.d * plan.dtype.itemsize if plan.need_grad else 0
-    return plan.workspace_bytes + dz + 3 * plan.accumulator.itemsize
+    """Bytes the Triton path allocates in one step: the workspace, dz (V, N, D_pad) and the loss
+    vector (the eager autograd entry reads the views in place: no stacked copy). When
+    D_pad > D the gradients are (N, D) views of dz with padded rows, which autograd clones to
+    the inputs' layout after the workspace is freed."""
+    out = 3 * plan.accumulator.itemsize
+    if not plan.need_grad:
+        return plan.workspace_bytes + out
+    e = plan.dtype.itemsize
+    dz = plan.views * plan.n * plan.d_pad * e
+    clone = plan.views * plan.n * plan.d * e if plan.d_pad != plan.d else 0
+    return max(plan.workspace_bytes + dz, dz + clone) + out
 
 
 def triton_step(

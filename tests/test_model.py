@@ -258,9 +258,15 @@ def test_launch_time_is_max_plus_latency(model) -> None:
 
 def test_triton_peak_is_workspace_plus_dz(model) -> None:
     plan = _plan(4096, 8192, torch.float32)
-    expected = plan.workspace_bytes + 2 * 4096 * 8192 * 4 + 3 * 4
+    assert plan.d_pad == plan.d
+    expected = plan.workspace_bytes + 2 * 4096 * plan.d_pad * 4 + 3 * 4
     assert model.triton_peak_bytes(plan) == expected
     assert model.triton_step(4096, 8192, torch.float32).peak_bytes == expected
+    # padded rows: dz holds D_pad columns; the (N, D) gradients are cloned out of it
+    plan = _plan(300, 1000, torch.float32)
+    dz = 2 * 300 * plan.d_pad * 4
+    expected = max(plan.workspace_bytes + dz, dz + 2 * 300 * 1000 * 4) + 3 * 4
+    assert plan.d_pad > plan.d and model.triton_peak_bytes(plan) == expected
 
 
 # --- traced baselines -----------------------------------------------------------------------
