@@ -11,7 +11,8 @@ Stages, each with a time budget; a stage that fails is recorded and the others s
     sanitizer    compute-sanitizer (memcheck) on small forward + backward   -> sanitizer.log
                  (skipped with a note when compute-sanitizer is not found)
     rates        the device's own rates: torch.mm (bf16, TF32, FP32) at the target shapes, a
-                 1 GiB copy (HBM), a Triton kernel re-reading a 16 MiB buffer (L2)
+                 1 GiB copy (HBM), a Triton kernel re-reading a 16 MiB buffer (L2), the host
+                 time of one fused step at N = 256 (steps queued without synchronising)
                                                                             -> measured_rates.json
     sweep        forward + backward time and peak memory of the SPEC target cases (and, without
                  --quick, an N sweep at D = 8192) for SMI fused, the eager SMI reference,
@@ -317,6 +318,36 @@ def _copy_rate(device: Any) -> float:
     return 2 * size / _time_s(lambda: dst.copy_(src), device)
 
 
+def _triton_host_s(device: Any, point: Point, steps: int = 50) -> float:
+    """Host seconds of one fused forward + backward step: the wall time of ``steps`` steps
+    queued without synchronising (5 launches a step: the queue never fills), per step."""
+    import torch
+
+    from smi_kernels import smi_loss
+
+    views = [
+        torch.randn(
+            point.n, point.d, device=device, dtype=model_dtype(point.dtype)
+        ).requires_grad_()
+        for _ in range(2)
+    ]
+
+    def step() -> None:
+        for view in views:
+            view.grad = None
+        smi_loss(*views, backend="triton").backward()
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = (time.perf_counter() - start) / steps
+    torch.cuda.synchronize(device)
+    return seconds
+
+
 def l2_read_kernel() -> Any:
     """A Triton kernel that reads every BLOCK-chunk of x once per round, ``repeats`` rounds,
     each program a different chunk every round, and stores its running sums (so that nothing is
@@ -393,11 +424,11 @@ def stage_rates(device: Any, points: Sequence[Point]) -> dict[str, Any]:
         try:
             torch.set_float32_matmul_precision(precision)
             # (2N, D) @ (D, 2N): the shape of the SMI Gram, as speed.py's roofline
-            a = torch.randn(2 * n, d, device=device, dtype=dtype)
-            b = torch.randn(d, 2 * n, device=device, dtype=dtype)
-            seconds = _time_s(lambda a=a, b=b: torch.mm(a, b), device)
+            left = torch.randn(2 * n, d, device=device, dtype=dtype)
+            right = torch.randn(d, 2 * n, device=device, dtype=dtype)
+            seconds = _time_s(lambda x=left, y=right: torch.mm(x, y), device)
             rates[name] = 2 * (2 * n) * (2 * n) * d / seconds
-            del a, b
+            del left, right
         except Exception as error:
             errors.append(f"{name}: {type(error).__name__}: {error}")
         finally:
@@ -411,6 +442,11 @@ def stage_rates(device: Any, points: Sequence[Point]) -> dict[str, Any]:
             rates["l2"] = _l2_read_rate(device)
         except Exception as error:
             errors.append(f"l2: {type(error).__name__}: {error}")
+        try:
+            small = next(p for p in points if p.label == "b")
+            rates["triton_host_s"] = _triton_host_s(device, small)
+        except Exception as error:
+            errors.append(f"triton_host_s: {type(error).__name__}: {error}")
     if device.type == "cuda":
         torch.cuda.empty_cache()
     detail = ", ".join(
@@ -418,6 +454,8 @@ def stage_rates(device: Any, points: Sequence[Point]) -> dict[str, Any]:
         for k, v in rates.items()
         if k in ("tensor_16bit", "tensor_tf32", "fp32_fma", "hbm", "l2")
     )
+    if "triton_host_s" in rates:
+        detail += f", Triton host {rates['triton_host_s'] * 1e6:.0f} us/step"
     data: dict[str, Any] = {"rates": rates, "errors": errors}
     if errors:
         return data | {"_status": "failed", "_detail": "; ".join(errors)[:300]}
@@ -669,6 +707,11 @@ def markdown(payload: dict[str, Any]) -> str:
         ]
         for key in ("tensor_16bit", "tensor_tf32", "fp32_fma", "hbm", "l2"):
             lines.append(f"| {key} | {_si(getattr(model.H100_SXM, key))} | {_si(rates.get(key))} |")
+        if rates.get("triton_host_s"):
+            lines.append(
+                f"| Triton host time per step | {model.H100_SXM.triton_host_s * 1e6:.0f} us | "
+                f"{rates['triton_host_s'] * 1e6:.0f} us |"
+            )
     return "\n".join(lines) + "\n"
 
 

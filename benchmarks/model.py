@@ -133,7 +133,8 @@ STANDARDIZE_FLOPS_PER_ELEMENT = 16
 #: per element of the backward's row-wise epilogue (partners, radial term, 1 / s)
 BACKWARD_EPILOGUE_FLOPS_PER_ELEMENT = 8
 #: host (CPU) time of one Triton forward + backward step: the issue's budget on a modern
-#: server CPU (cached plan, two allocations, five launches); measured elsewhere, a parameter
+#: server CPU (cached plan, two allocations, five launches). A parameter: measured without
+#: Triton's launcher by benchmarks/host_overhead.py, with it by gpu_check.py on a GPU
 TRITON_HOST_S = 40e-6
 #: host time of one eager op: Python, dispatcher, autograd recording, the launch call
 EAGER_FORWARD_OP_HOST_S = 7e-6
