@@ -73,10 +73,10 @@ _TABLE: dict[tuple[str, str], tuple[Row, ...]] = {
     ),
     ("sm90", "tf32"): (
         Row(1024, (F(64, 32, 4, 4), F(64, 64, 4, 3)), (B(32, 128, 8, 3), B(32, 64, 8, 3))),
-        Row(_ANY, (F(128, 32, 8, 4), F(128, 32, 8, 3)), (B(32, 64, 8, 4), B(16, 128, 8, 4))),
+        Row(_ANY, (F(128, 32, 8, 4), F(128, 32, 8, 3)), (B(32, 64, 8, 4), B(16, 64, 8, 4))),
     ),
     ("sm90", "ieee"): (
-        Row(_ANY, (F(64, 32, 4, 3), F(64, 16, 4, 4)), (B(32, 64, 4, 3), B(16, 64, 4, 4))),
+        Row(_ANY, (F(64, 32, 8, 3), F(64, 32, 4, 3)), (B(32, 64, 4, 3), B(16, 64, 4, 4))),
     ),
     ("sm80", "mma16"): (
         Row(1024, (F(64, 64, 4, 3), F(64, 32, 4, 4)), (B(64, 128, 4, 3), B(32, 128, 4, 4))),
@@ -87,7 +87,7 @@ _TABLE: dict[tuple[str, str], tuple[Row, ...]] = {
         Row(_ANY, (F(128, 16, 8, 4), F(128, 32, 8, 3)), (B(32, 64, 8, 3), B(16, 64, 8, 4))),
     ),
     ("sm80", "ieee"): (
-        Row(_ANY, (F(64, 32, 4, 3), F(64, 16, 4, 4)), (B(16, 64, 4, 3), B(32, 64, 4, 2))),
+        Row(_ANY, (F(64, 32, 8, 3), F(64, 32, 4, 2)), (B(16, 64, 4, 3), B(32, 64, 4, 2))),
     ),
     # the Triton interpreter runs tiles as NumPy arrays on the CPU: small tiles are fastest, and
     # a second, larger BLOCK above 64 rows exercises the same code with several K slices
