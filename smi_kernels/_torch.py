@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from smi_kernels import memory
 from smi_kernels._math import ROW_SCALE_FLOOR
 
 
@@ -106,7 +107,8 @@ def refuse_double_backward() -> None:
         raise RuntimeError(
             "smi_kernels: double backward through the SMI loss is not supported (its backward "
             "is not differentiable); call backward/autograd.grad without create_graph=True, "
-            "or use reference.smi for higher-order derivatives"
+            "or, for higher-order derivatives, use smi_kernels.reference.smi_loss (the same "
+            "loss in plain autograd ops, twice differentiable, N x N matrices materialised)"
         )
 
 
@@ -211,4 +213,6 @@ class _SMIFunction(torch.autograd.Function):
 def smi_torch(views: Sequence[Tensor], lambda_param: float, eps: float) -> Tensor:
     """``(L, L_align, L_red)`` by the PyTorch path, differentiable in every view."""
     need_grad = torch.is_grad_enabled() and any(view.requires_grad for view in views)
+    n, d = views[0].shape
+    memory.check_torch_path(n, d, len(views), views[0].dtype, need_grad, views[0].device)
     return _SMIFunction.apply(lambda_param, eps, need_grad, *views)

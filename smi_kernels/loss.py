@@ -14,6 +14,7 @@ original sample::
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -46,6 +47,27 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def interpreter_set_too_late() -> bool:
+    """True when ``TRITON_INTERPRET=1`` is set now but triton was imported without it.
+
+    Triton decides at decoration time whether a ``@triton.jit`` function is interpreted: its own
+    library functions (``tl.sum``...) when triton is imported, the package's kernels when
+    ``smi_kernels._triton`` is. Compiled-mode functions cannot run on CPU tensors.
+    """
+    if torch.compiler.is_compiling():
+        return False  # the eager call before tracing has already checked
+    try:
+        from triton.language import standard
+        from triton.runtime.jit import JITFunction
+    except ImportError:
+        return False
+    functions = [getattr(standard, "sum", None)]
+    for name, module in list(sys.modules.items()):
+        if name.startswith("smi_kernels._triton.") and module is not None:
+            functions += vars(module).values()
+    return any(isinstance(function, JITFunction) for function in functions)
+
+
 def resolve_backend(backend: str, views: Sequence[Tensor]) -> str:
     """The backend that will run: "torch" or "triton".
 
@@ -72,6 +94,15 @@ def resolve_backend(backend: str, views: Sequence[Tensor]) -> str:
             )
         return "triton"
     if device.type == "cpu" and interpreter_enabled():
+        if interpreter_set_too_late():
+            raise RuntimeError(
+                "backend='triton' on the CPU: TRITON_INTERPRET=1 was set after triton was "
+                "imported (torch.compile and torch._inductor import it), so triton built its "
+                "kernels for a GPU and they cannot run on CPU tensors. Set TRITON_INTERPRET=1 "
+                "before triton is first imported: in the environment "
+                "(TRITON_INTERPRET=1 python script.py), or in os.environ at the top of the "
+                "script, before importing torch._inductor or calling torch.compile"
+            )
         return "triton"
     raise ValueError(
         f"backend='triton' needs CUDA tensors (got device {device}); set TRITON_INTERPRET=1 "
