@@ -243,23 +243,94 @@ def test_speed_writes_json_markdown_and_plots(bench_speed: ModuleType, tmp_path:
     argv = [
         "--device", "cpu", "--n", "8", "16", "--d", "16", "32", "--dtypes", "float32",
         "--grid", "full", "--losses", "smi_torch", "smi_reference", "barlow",
-        "--min-run-time", "0.01", "--out-dir", str(tmp_path),
+        "--min-run-time", "0.01", "--max-spread", "1000", "--max-load", "1000",
+        "--out-dir", str(tmp_path),
     ]  # fmt: skip
     assert bench_speed.main(argv) == 0
     payload = json.loads((tmp_path / "speed.json").read_text())
-    assert payload["device"] == "cpu"
+    assert payload["device"] == "cpu" and payload["accepted"] is True
+    assert {"cpu", "cores", "cores_usable", "torch_threads", "torch", "python"} <= set(
+        payload["machine"]
+    )
     assert {(r["n"], r["d"]) for r in payload["roofline"]} == {(8, 16), (8, 32), (16, 16), (16, 32)}
     assert len(payload["results"]) == 4 * 3
     for row in payload["results"]:
         assert row["status"] == "ok", row
         assert row["time_ms"] > 0 and row["peak_bytes"] > 0
+        assert row["time_min_ms"] <= row["time_q1_ms"] <= row["time_ms"] <= row["time_q3_ms"]
+        assert row["time_q3_ms"] <= row["time_max_ms"] and row["rounds"] >= 10
+        assert row["accepted"] is True and row["spread"] >= 0
     torch_rows = [row for row in payload["results"] if row["loss"] == "smi_torch"]
     assert all(row["roofline_pct"] > 0 for row in torch_rows)
     reference_rows = [row for row in payload["results"] if row["loss"] == "smi_reference"]
     assert all(row["speedup_vs_reference"] == 1.0 for row in reference_rows)
-    assert "| N | D | loss |" in (tmp_path / "speed.md").read_text()
+    page = (tmp_path / "speed.md").read_text()
+    assert "| N | D | loss | time ms | IQR ms | spread % |" in page
+    assert f"Machine: {payload['machine']['cpu']}" in page and "Noise: spread" in page
+    assert payload["machine"]["torch"] in page
+    assert "Summary: " in page and "N = 16, D = 32" in page  # the middle of each sweep
     for name in ("time_vs_n.png", "time_vs_d.png", "memory_vs_n.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _fake_timer(per_step_seconds: list[float]):
+    def timer(steps, min_run_time, min_rounds=5):
+        return {key: list(per_step_seconds) for key in steps}
+
+    return timer
+
+
+def test_speed_rejects_a_noisy_run(
+    bench_speed: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passes = []
+
+    def noisy(steps, min_run_time, min_rounds=5):
+        passes.append(1)
+        return _fake_timer([1e-3, 1e-3, 1e-3, 5e-3, 9e-3, 9e-3, 9e-3])(steps, min_run_time)
+
+    monkeypatch.setattr(bench_speed, "time_cpu_interleaved", noisy)
+    argv = [
+        "--device", "cpu", "--n", "8", "--d", "16", "--losses", "smi_torch", "smi_reference",
+        "--retries", "2", "--max-load", "1000", "--out-dir", str(tmp_path),
+    ]  # fmt: skip
+    assert bench_speed.main(argv) == 1
+    assert len(passes) == 3  # the first pass and two retries
+    assert not (tmp_path / "speed.json").exists()  # the results in out-dir stay as they were
+    payload = json.loads((tmp_path / "rejected" / "speed.json").read_text())
+    assert payload["accepted"] is False and "spread more than 10%" in payload["rejected_because"][0]
+    assert all(row["accepted"] is False and row["attempts"] == 3 for row in payload["results"])
+    page = (tmp_path / "rejected" / "speed.md").read_text()
+    assert "REJECTED" in page and "(rejected)" in page and "Summary:" not in page
+
+
+def test_speed_accepts_a_steady_run_and_checks_the_load(
+    bench_speed: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench_speed, "time_cpu_interleaved", _fake_timer([1e-3] * 6 + [1.05e-3]))
+    argv = [
+        "--device", "cpu", "--n", "8", "--d", "16", "--losses", "smi_torch", "smi_reference",
+        "--out-dir", str(tmp_path),
+    ]  # fmt: skip
+    monkeypatch.setattr(bench_speed, "_load_average", lambda: [0.0, 0.0, 0.0])
+    assert bench_speed.main(argv) == 0
+    payload = json.loads((tmp_path / "speed.json").read_text())
+    assert payload["accepted"] is True
+    assert all(row["attempts"] == 1 and row["spread"] == 0.0 for row in payload["results"])
+    page = (tmp_path / "speed.md").read_text()
+    assert "SMI PyTorch path 1.0 ms (IQR 1.0-1.0), 1.00x" in page
+    # the same run on a busy machine is rejected, whatever the spread says
+    monkeypatch.setattr(bench_speed, "_load_average", lambda: [100.0, 100.0, 100.0])
+    assert bench_speed.main(argv) == 1
+    payload = json.loads((tmp_path / "rejected" / "speed.json").read_text())
+    assert "the machine was busy before the run" in payload["rejected_because"][0]
+
+
+def test_speed_help_shows_defaults(bench_speed: ModuleType, capsys) -> None:
+    with pytest.raises(SystemExit):
+        bench_speed.main(["--device", "cpu", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 0.1)" in out and "(default: 10)" in out
 
 
 def test_speed_records_failures(bench_speed: ModuleType) -> None:
