@@ -112,9 +112,27 @@ def refuse_double_backward() -> None:
         )
 
 
+def _autocast_support(device_type: str) -> bool:
+    try:
+        return torch.amp.is_autocast_available(device_type)
+    except RuntimeError:  # a device type this torch does not know
+        return False
+
+
+#: autocast support of the usual device types, asked once: the torch.compile of torch 2.9 and
+#: older cannot trace ``torch.amp.is_autocast_available`` (a C binding): a graph break a step
+_AUTOCAST_SUPPORT = {t: _autocast_support(t) for t in ("cpu", "cuda", "meta", "mps", "xpu")}
+
+
+def autocast_available(device_type: str) -> bool:
+    """``torch.amp.is_autocast_available(device_type)``, traceable by torch.compile."""
+    known = _AUTOCAST_SUPPORT.get(device_type)
+    return _autocast_support(device_type) if known is None else known
+
+
 def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
     """A context that turns autocast off on ``device_type`` (the path manages its own dtypes)."""
-    if torch.amp.is_autocast_available(device_type):
+    if autocast_available(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from smi_kernels import _checks
-from smi_kernels._torch import smi_torch
+from smi_kernels._torch import autocast_available, smi_torch
 
 
 class SMIOutput(NamedTuple):
@@ -113,7 +113,7 @@ def resolve_backend(backend: str, views: Sequence[Tensor]) -> str:
 def autocast_dtype(views: Sequence[Tensor]) -> torch.dtype | None:
     """The dtype autocast asks for on the views' device, or None when autocast is off there."""
     device_type = views[0].device.type
-    if not torch.amp.is_autocast_available(device_type):
+    if not autocast_available(device_type):
         return None
     if not torch.is_autocast_enabled(device_type):
         return None
