@@ -208,8 +208,10 @@ def smi_loss_with_terms(
 
 
 class SMILoss(nn.Module):
-    """Semantic Mutual Information loss (SMI: Efficient Self-Supervised Learning via
-    Mutual-Information-Inspired Dependency Optimization).
+    """Semantic Mutual Information loss (Mishra, Ballester, Karatzas, "SMI: Efficient
+    Self-Supervised Learning via Mutual-Information-Inspired Dependency Optimization", arXiv
+    2606.08332), as this package reads it: the paper's equations were lost, the reading is
+    written out in the README's "The loss" and in :mod:`smi_kernels.reference`.
 
     Sample-level N x N correlations between the samples of a batch, passed through the Gaussian
     mutual-information transform ``m(rho) = -1/2 log(1 - rho^2 + eps)``; positives are aligned

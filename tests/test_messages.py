@@ -157,6 +157,15 @@ def test_interpreter_set_before_import_is_not_flagged() -> None:
 # -- 14: the PyTorch path refuses what cannot fit, before allocating ----------------------------
 
 
+def test_small_requests_are_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a training step of the usual size does not ask the OS (or the GPU) what is free
+    def unexpected() -> int:
+        raise AssertionError("asked for the available memory")
+
+    monkeypatch.setattr(memory, "_host_available_bytes", unexpected)
+    smi_loss(randn(256, 128).requires_grad_(), randn(256, 128, seed=1)).backward()
+
+
 def test_cpu_available_bytes_is_known() -> None:
     available = memory.available_bytes(torch.device("cpu"))
     if sys.platform.startswith("linux"):
@@ -194,6 +203,7 @@ def test_cpu_request_larger_than_memory_is_refused_before_allocating(
 
 
 def test_cpu_request_that_fits_is_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "TORCH_PATH_CHECK_FROM", 0)  # check even this small request
     estimate = memory.torch_estimate(64, 32, 2, torch.float32, need_grad=True)
     needed = estimate.stacked_input + estimate.forward_new
     monkeypatch.setattr(memory, "_host_available_bytes", lambda: needed)
