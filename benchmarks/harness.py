@@ -68,10 +68,12 @@ def _smi_triton(z_a: Tensor, z_b: Tensor) -> Tensor:
 
 
 def _smi_fused_any_device(z_a: Tensor, z_b: Tensor) -> Tensor:
-    # the op itself, for tracing on the meta device (smi_loss picks its backend from the device)
-    from smi_kernels._triton.op import smi_triton
-
-    return smi_triton([z_a, z_b], 5e-3, 1e-4)[0]  # (L, L_align, L_red) -> L
+    # the custom op itself, for tracing on the meta device: smi_loss picks its backend from the
+    # device, and smi_triton takes the op only under a dispatch mode (fvcore's jit tracer is not)
+    z = torch.stack([z_a, z_b])
+    need_grad = torch.is_grad_enabled() and (z_a.requires_grad or z_b.requires_grad)
+    out = torch.ops.smi_kernels.smi_forward(z, 5e-3, 1e-4, need_grad)[0]  # (L, L_align, L_red)
+    return out[0]
 
 
 # Gather layer and global batch norm as in the official training code: Barlow Twins all-reduces
@@ -81,8 +83,24 @@ def _smi_fused_any_device(z_a: Tensor, z_b: Tensor) -> Tensor:
 BARLOW = Loss(
     "barlow", "Barlow Twins", reference.barlow_twins_loss, False, True, "all-reduce c (D x D)"
 )
+BARLOW_BATCH_NORM = Loss(
+    "barlow_bn",
+    "Barlow Twins + BN op",
+    reference.barlow_twins_loss_batch_norm,
+    False,
+    True,
+    "all-reduce c (D x D)",
+)
 VICREG = Loss("vicreg", "VICReg", reference.vicreg_loss, True, True, "all-gather z")
 NTXENT = Loss("ntxent", "NT-Xent", reference.ntxent_loss, True, True, "all-gather z")
+NTXENT_FOUR_PRODUCTS = Loss(
+    "ntxent_4",
+    "NT-Xent (4 products)",
+    reference.ntxent_loss_four_products,
+    True,
+    True,
+    "all-gather z",
+)
 SMI_REFERENCE = Loss("smi_reference", "SMI (reference)", _smi_reference, False, False, "none")
 SMI_TORCH = Loss("smi_torch", "SMI PyTorch path", _smi_torch, False, False, "none")
 SMI_FUSED = Loss("smi_fused", "SMI fused", _smi_triton, False, False, "none", cuda_only=True)

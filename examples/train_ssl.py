@@ -11,9 +11,13 @@ the std across the batch of the L2-normalised embeddings (collapse drives it to 
 embedding sits near 1/sqrt(D)), the redundancy-to-alignment ratio ``lambda * L_red / L_align``
 and the gradient norm, and writes the curves to ``<out-dir>/train_ssl_curves.png``.
 
-    python examples/train_ssl.py          # SMI and Barlow Twins; ~1.5 min on 2 CPU cores
+    pip install -e ".[examples]"          # scikit-learn, matplotlib, tqdm, numpy
+    python examples/train_ssl.py          # SMI and Barlow Twins; a few minutes on 2 CPU cores
     python examples/train_ssl.py --device cuda --epochs 100
     python examples/train_ssl.py --losses smi --lambda-param 5e-3 --eps 1e-4
+
+The Barlow Twins comparison uses ``reference/barlow.py`` of the smi-kernels repository; a copy of
+this script outside the repository trains SMI alone (``--losses smi``).
 """
 
 from __future__ import annotations
@@ -31,20 +35,27 @@ from pathlib import Path
 # waiting avoids that. It must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import matplotlib
+try:
+    import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+    from tqdm import tqdm
+except ImportError as missing:
+    raise SystemExit(
+        f"examples/train_ssl.py needs {missing.name}: install the example's dependencies with "
+        'pip install "smi-kernels[examples]" (or pip install -e ".[examples]" in a clone)'
+    ) from missing
+
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from smi_kernels import SMILoss
 
@@ -133,6 +144,21 @@ def make_encoder(seed: int, width: int) -> Encoder:
 
 
 # --------------------------------------------------------------------------------------- loss
+def barlow_reference():
+    """``(barlow_twins_loss, batch_standardize)`` from the repository's reference/barlow.py."""
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / "reference").is_dir() and str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))  # run from the repository
+    try:
+        from reference.barlow import barlow_twins_loss, batch_standardize
+    except ImportError as exc:  # run from a copy outside the repository
+        raise SystemExit(
+            "the Barlow Twins comparison needs reference/barlow.py from the smi-kernels "
+            "repository (run the script from a clone); pass --losses smi to train SMI only"
+        ) from exc
+    return barlow_twins_loss, batch_standardize
+
+
 class LossWithTerms:
     """``(loss, alignment, redundancy, lambda)`` for SMI or the reference Barlow Twins loss."""
 
@@ -142,13 +168,7 @@ class LossWithTerms:
             self.smi = SMILoss(lambda_param=args.lambda_param, eps=args.eps)
             self.lambda_param = args.lambda_param
         else:
-            try:
-                from reference.barlow import barlow_twins_loss, batch_standardize
-            except ImportError as exc:  # run from a copy outside the repository
-                raise SystemExit(
-                    "the Barlow Twins comparison needs reference/barlow.py from the smi-kernels "
-                    "repository; pass --losses smi to train SMI only"
-                ) from exc
+            barlow_twins_loss, batch_standardize = barlow_reference()
             self.barlow = barlow_twins_loss
             self.standardize = batch_standardize
             self.lambda_param = args.barlow_lambda
@@ -274,27 +294,60 @@ def evaluate(encoder: Encoder, split, device: torch.device, seed: int) -> dict[s
 
 
 # --------------------------------------------------------------------------------------- plot
+TERMS = {  # each loss's own terms: different quantities, so each gets its own axes
+    "smi": {
+        "loss": "SMI loss",
+        "alignment": "SMI alignment: sum_i (1 - M_ii)^2",
+        "redundancy": "SMI redundancy: sum_{i!=j} M_ij^2 (N x N, 3 matrices)",
+    },
+    "barlow": {
+        "loss": "Barlow Twins loss",
+        "alignment": "Barlow on-diagonal: sum_k (1 - C_kk)^2",
+        "redundancy": "Barlow off-diagonal: sum_{k!=l} C_kl^2 (D x D)",
+    },
+}
+SHARED = [  # quantities with one meaning for every loss: one axes, a line per loss
+    ("embed_std", "std of L2-normalised z", False),
+    ("grad_norm", "gradient norm", True),
+    ("ratio", "lambda * redundancy / alignment (each loss's own terms)", True),
+]
+
+
 def plot(histories: dict[str, dict], path: Path, args: argparse.Namespace) -> None:
-    panels = [
-        ("loss", "loss (sum)", True),
-        ("alignment", "alignment term", True),
-        ("redundancy", "redundancy term (unweighted)", True),
-        ("ratio", "lambda * redundancy / alignment", True),
-        ("embed_std", "std of L2-normalised z", False),
-        ("grad_norm", "gradient norm", True),
-    ]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    for ax, (key, title, log) in zip(axes.flat, panels, strict=True):
+    """One column per loss for its own terms (loss, alignment, redundancy: SMI's sums over
+    N x N sample matrices and Barlow's over the D x D feature matrix are different quantities),
+    and a last column for what both share, one line per loss."""
+    names = list(histories)
+    columns = len(names) + 1
+    fig, axes = plt.subplots(3, columns, figsize=(4.6 * columns, 9), squeeze=False)
+    colours = {name: f"C{index}" for index, name in enumerate(names)}
+    for column, name in enumerate(names):
+        hist = histories[name]
+        for row, key in enumerate(("loss", "alignment", "redundancy")):
+            ax = axes[row][column]
+            epochs = np.arange(1, len(hist[key]) + 1)
+            ax.plot(epochs, hist[key], marker="o", markersize=2, color=colours[name])
+            ax.set_yscale("log")
+            ax.set_title(TERMS[name][key], fontsize=9)
+            ax.set_xlabel("epoch")
+    for row, (key, title, log) in enumerate(SHARED):
+        ax = axes[row][-1]
         for name, hist in histories.items():
             epochs = np.arange(1, len(hist[key]) + 1)
-            ax.plot(epochs, hist[key], marker="o", markersize=2, label=name)
+            ax.plot(epochs, hist[key], marker="o", markersize=2, label=name, color=colours[name])
         if key == "embed_std":
-            ax.axhline(1 / math.sqrt(args.proj_dim), color="grey", ls="--", lw=0.8)
+            ax.axhline(
+                1 / math.sqrt(args.proj_dim),
+                color="grey",
+                ls="--",
+                lw=0.8,
+                label=f"1/sqrt(D) = {1 / math.sqrt(args.proj_dim):.3f}: spread out",
+            )
         if log:
             ax.set_yscale("log")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
-    axes.flat[0].legend()
+        ax.legend(fontsize=8)
     fig.suptitle(
         f"SSL on digits {args.image_size}x{args.image_size}: SMI lambda={args.lambda_param} "
         f"eps={args.eps}, batch {args.batch_size}, projector {args.proj_dim}",
@@ -307,23 +360,30 @@ def plot(histories: dict[str, dict], path: Path, args: argparse.Namespace) -> No
 
 # ---------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--epochs", type=int, default=50, help="passes over the training split")
+    p.add_argument("--batch-size", type=int, default=256, help="images per step (two views each)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--lambda-param", type=float, default=5e-3, help="SMI redundancy weight")
     p.add_argument("--eps", type=float, default=1e-4, help="SMI transform stabiliser")
-    p.add_argument("--barlow-lambda", type=float, default=5.1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", type=Path, default=Path("ssl_out"))
+    p.add_argument(
+        "--barlow-lambda", type=float, default=5.1e-3, help="Barlow Twins off-diagonal weight"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, data split and views")
+    p.add_argument(
+        "--out-dir", type=Path, default=Path("ssl_out"), help="curves and results go here"
+    )
     p.add_argument(
         "--losses", default="smi,barlow", help=f"comma-separated subset of {','.join(LOSSES)}"
     )
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (one-cycle)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--proj-dim", type=int, default=256, help="projector width (all 3 layers)")
     p.add_argument("--width", type=int, default=32, help="channels of the first conv block")
-    p.add_argument("--image-size", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=16, help="digits upsampled to this side")
     p.add_argument("--noise", type=float, default=0.1, help="std of the Gaussian noise")
     p.add_argument("--max-steps", type=int, default=0, help="cap on steps per epoch (0: none)")
     args = p.parse_args(argv)
@@ -338,9 +398,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    repo = Path(__file__).resolve().parents[1]
-    if (repo / "reference").is_dir() and str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))  # reference/barlow.py, when run from the repository
+    if "barlow" in args.losses:
+        barlow_reference()  # before any training: a copy outside the repository stops here
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     device = torch.device(args.device)

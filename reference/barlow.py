@@ -11,13 +11,17 @@ Each feature is standardised over the batch, as the official code's
     c    = zn_a^T zn_b / N                                      (D x D cross-correlation)
     L    = sum_k (1 - c_kk)^2 + lambda_param * sum_{k != l} c_kl^2
 
-The D x D product costs N D^2 multiply-adds. Under data parallelism the official code all-reduces
-``c`` across devices (a global batch statistic, and the batch norm is global too).
+The D x D product costs N D^2 multiply-adds (the paper's count). The official code's batch norm
+is an ``aten::batch_norm`` op, which fvcore counts too (4 flops an element):
+:func:`barlow_twins_loss_batch_norm` computes the same loss through that op. Under data
+parallelism the official code all-reduces ``c`` across devices (a global batch statistic, and the
+batch norm is global too).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 BATCH_NORM_EPS = 1e-5  # nn.BatchNorm1d's default
@@ -54,3 +58,24 @@ def barlow_twins_loss(z_a: Tensor, z_b: Tensor, lambda_param: float = 5.1e-3) ->
     on_diag = (torch.diagonal(c) - 1.0).pow(2).sum()
     off_diag = off_diagonal(c).pow(2).sum()
     return on_diag + lambda_param * off_diag
+
+
+def barlow_twins_loss_batch_norm(z_a: Tensor, z_b: Tensor, lambda_param: float = 5.1e-3) -> Tensor:
+    """:func:`barlow_twins_loss` with the standardisation as the official
+    ``nn.BatchNorm1d(D, affine=False)`` computes it (``F.batch_norm`` in training mode): the
+    same value, but an ``aten::batch_norm`` op in the graph, which fvcore counts.
+
+    Example:
+        >>> import torch
+        >>> from reference.barlow import barlow_twins_loss_batch_norm
+        >>> loss = barlow_twins_loss_batch_norm(torch.randn(16, 8), torch.randn(16, 8))
+    """
+    if z_a.shape != z_b.shape or z_a.dim() != 2:
+        raise ValueError(f"two views of the same shape (N, D) needed, got {z_a.shape}, {z_b.shape}")
+
+    def bn(z: Tensor) -> Tensor:
+        return F.batch_norm(z, None, None, training=True, eps=BATCH_NORM_EPS)
+
+    c = bn(z_a).T @ bn(z_b) / z_a.shape[0]
+    on_diag = (torch.diagonal(c) - 1.0).pow(2).sum()
+    return on_diag + lambda_param * off_diagonal(c).pow(2).sum()

@@ -16,7 +16,10 @@ For two views a, b of shape (N, D), cosine similarity over the 2N samples::
 
 The official code returns ``mean l_a + mean l_b``, twice this value, and multiplies BA = b a^T as
 a fourth product; here BA is the transpose of AB, so the similarity costs the three products
-AB, AA, BB: 3 N^2 D multiply-adds. The official code gathers the embeddings of every device.
+AB, AA, BB: 3 N^2 D multiply-adds (the paper's count). :func:`ntxent_loss_four_products` computes
+BA as the official code does: 4 N^2 D, the count of SimCLR's code and of lightly's
+``NTXentLoss`` (one (2N) x (2N) product). The official code gathers the embeddings of every
+device.
 """
 
 from __future__ import annotations
@@ -46,7 +49,34 @@ def ntxent_loss(z_a: Tensor, z_b: Tensor, temperature: float = 0.5) -> Tensor:
     logits_ab = za @ zb.T / temperature
     logits_aa = (za @ za.T / temperature).masked_fill(self_pair, float("-inf"))
     logits_bb = (zb @ zb.T / temperature).masked_fill(self_pair, float("-inf"))
-    logits_ba = logits_ab.T
+    logits_ba = logits_ab.T  # the paper's three-product count: BA is not multiplied
+    labels = torch.arange(n, device=z_a.device)
+    loss_a = F.cross_entropy(torch.cat([logits_ab, logits_aa], dim=1), labels, reduction="sum")
+    loss_b = F.cross_entropy(torch.cat([logits_ba, logits_bb], dim=1), labels, reduction="sum")
+    return (loss_a + loss_b) / (2 * n)
+
+
+def ntxent_loss_four_products(z_a: Tensor, z_b: Tensor, temperature: float = 0.5) -> Tensor:
+    """:func:`ntxent_loss` with BA multiplied as SimCLR's ``add_contrastive_loss`` does
+    (``logits_ba = matmul(hidden2, hidden1_large^T)``): the same value, 4 N^2 D multiply-adds.
+
+    Example:
+        >>> import torch
+        >>> from reference.ntxent import ntxent_loss_four_products
+        >>> loss = ntxent_loss_four_products(torch.randn(16, 8), torch.randn(16, 8))
+    """
+    if z_a.shape != z_b.shape or z_a.dim() != 2:
+        raise ValueError(f"two views of the same shape (N, D) needed, got {z_a.shape}, {z_b.shape}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n = z_a.shape[0]
+    za = F.normalize(z_a, dim=1)
+    zb = F.normalize(z_b, dim=1)
+    self_pair = torch.eye(n, dtype=torch.bool, device=z_a.device)
+    logits_ab = za @ zb.T / temperature
+    logits_ba = zb @ za.T / temperature
+    logits_aa = (za @ za.T / temperature).masked_fill(self_pair, float("-inf"))
+    logits_bb = (zb @ zb.T / temperature).masked_fill(self_pair, float("-inf"))
     labels = torch.arange(n, device=z_a.device)
     loss_a = F.cross_entropy(torch.cat([logits_ab, logits_aa], dim=1), labels, reduction="sum")
     loss_b = F.cross_entropy(torch.cat([logits_ba, logits_bb], dim=1), labels, reduction="sum")

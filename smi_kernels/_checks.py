@@ -54,14 +54,37 @@ def check_sharded_backend(gather_distributed: bool | str, backend: str) -> None:
         )
 
 
+SEPARATE_ARGUMENTS = (
+    "; the views go in as separate arguments: loss_fn(z_a, z_b), or loss_fn(*views) for a "
+    "list or tuple of views"
+)
+
+
+def _packed_hint(views: Sequence[object]) -> str:
+    """What to say when the views came packed in one argument (a list, a tuple, or one tensor
+    of stacked views), the usual way to end up with a single view."""
+    if len(views) != 1:
+        return ""
+    packed = views[0]
+    if isinstance(packed, (list, tuple)):
+        return f" (one {type(packed).__name__} of {len(packed)} items){SEPARATE_ARGUMENTS}"
+    if isinstance(packed, Tensor) and packed.dim() == 3:
+        return (
+            f" (one 3-D tensor of shape {tuple(packed.shape)}); stacked views go in as "
+            "separate arguments: loss_fn(*z.unbind(0)), and a list of views as loss_fn(*views)"
+        )
+    return ""
+
+
 def check_views(views: Sequence[Tensor]) -> None:
     """At least two views, each a 2-D floating tensor of the same shape, dtype and device,
     with N >= 2 samples and D >= 2 features."""
     if len(views) < 2:
-        raise ValueError(f"SMI needs at least two views, got {len(views)}")
+        raise ValueError(f"SMI needs at least two views, got {len(views)}{_packed_hint(views)}")
     for k, view in enumerate(views):
         if not isinstance(view, Tensor):
-            raise TypeError(f"view {k} must be a torch.Tensor, got {type(view).__name__}")
+            hint = SEPARATE_ARGUMENTS if isinstance(view, (list, tuple)) else ""
+            raise TypeError(f"view {k} must be a torch.Tensor, got {type(view).__name__}{hint}")
     first = views[0]
     for k, view in enumerate(views):
         if view.dtype not in FLOAT_DTYPES:

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from smi_kernels import memory
 from smi_kernels._math import ROW_SCALE_FLOOR
 
 
@@ -152,13 +153,32 @@ def refuse_double_backward() -> None:
         raise RuntimeError(
             "smi_kernels: double backward through the SMI loss is not supported (its backward "
             "is not differentiable); call backward/autograd.grad without create_graph=True, "
-            "or use reference.smi for higher-order derivatives"
+            "or, for higher-order derivatives, use smi_kernels.reference.smi_loss (the same "
+            "loss in plain autograd ops, twice differentiable, N x N matrices materialised)"
         )
+
+
+def _autocast_support(device_type: str) -> bool:
+    try:
+        return torch.amp.is_autocast_available(device_type)
+    except RuntimeError:  # a device type this torch does not know
+        return False
+
+
+#: autocast support of the usual device types, asked once: the torch.compile of torch 2.9 and
+#: older cannot trace ``torch.amp.is_autocast_available`` (a C binding): a graph break a step
+_AUTOCAST_SUPPORT = {t: _autocast_support(t) for t in ("cpu", "cuda", "meta", "mps", "xpu")}
+
+
+def autocast_available(device_type: str) -> bool:
+    """``torch.amp.is_autocast_available(device_type)``, traceable by torch.compile."""
+    known = _AUTOCAST_SUPPORT.get(device_type)
+    return _autocast_support(device_type) if known is None else known
 
 
 def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
     """A context that turns autocast off on ``device_type`` (the path manages its own dtypes)."""
-    if torch.amp.is_autocast_available(device_type):
+    if autocast_available(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -243,4 +263,6 @@ class _SMIFunction(torch.autograd.Function):
 def smi_torch(views: Sequence[Tensor], lambda_param: float, eps: float) -> Tensor:
     """``(L, L_align, L_red)`` by the PyTorch path, differentiable in every view."""
     need_grad = torch.is_grad_enabled() and any(view.requires_grad for view in views)
+    n, d = views[0].shape
+    memory.check_torch_path(n, d, len(views), views[0].dtype, need_grad, views[0].device)
     return _SMIFunction.apply(lambda_param, eps, need_grad, *views)

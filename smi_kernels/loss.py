@@ -14,6 +14,7 @@ original sample::
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from smi_kernels import _checks
-from smi_kernels._torch import smi_torch
+from smi_kernels._torch import autocast_available, smi_torch
 
 
 class SMIOutput(NamedTuple):
@@ -44,6 +45,27 @@ def triton_available() -> bool:
 def interpreter_enabled() -> bool:
     """True when ``TRITON_INTERPRET=1``: Triton kernels then run on the CPU."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def interpreter_set_too_late() -> bool:
+    """True when ``TRITON_INTERPRET=1`` is set now but triton was imported without it.
+
+    Triton decides at decoration time whether a ``@triton.jit`` function is interpreted: its own
+    library functions (``tl.sum``...) when triton is imported, the package's kernels when
+    ``smi_kernels._triton`` is. Compiled-mode functions cannot run on CPU tensors.
+    """
+    if torch.compiler.is_compiling():
+        return False  # the eager call before tracing has already checked
+    try:
+        from triton.language import standard
+        from triton.runtime.jit import JITFunction
+    except ImportError:
+        return False
+    functions = [getattr(standard, "sum", None)]
+    for name, module in list(sys.modules.items()):
+        if name.startswith("smi_kernels._triton.") and module is not None:
+            functions += vars(module).values()
+    return any(isinstance(function, JITFunction) for function in functions)
 
 
 def resolve_backend(backend: str, views: Sequence[Tensor]) -> str:
@@ -72,6 +94,15 @@ def resolve_backend(backend: str, views: Sequence[Tensor]) -> str:
             )
         return "triton"
     if device.type == "cpu" and interpreter_enabled():
+        if interpreter_set_too_late():
+            raise RuntimeError(
+                "backend='triton' on the CPU: TRITON_INTERPRET=1 was set after triton was "
+                "imported (torch.compile and torch._inductor import it), so triton built its "
+                "kernels for a GPU and they cannot run on CPU tensors. Set TRITON_INTERPRET=1 "
+                "before triton is first imported: in the environment "
+                "(TRITON_INTERPRET=1 python script.py), or in os.environ at the top of the "
+                "script, before importing torch._inductor or calling torch.compile"
+            )
         return "triton"
     raise ValueError(
         f"backend='triton' needs CUDA tensors (got device {device}); set TRITON_INTERPRET=1 "
@@ -82,7 +113,7 @@ def resolve_backend(backend: str, views: Sequence[Tensor]) -> str:
 def autocast_dtype(views: Sequence[Tensor]) -> torch.dtype | None:
     """The dtype autocast asks for on the views' device, or None when autocast is off there."""
     device_type = views[0].device.type
-    if not torch.amp.is_autocast_available(device_type):
+    if not autocast_available(device_type):
         return None
     if not torch.is_autocast_enabled(device_type):
         return None
@@ -192,8 +223,10 @@ def smi_loss_with_terms(
 
 
 class SMILoss(nn.Module):
-    """Semantic Mutual Information loss (SMI: Efficient Self-Supervised Learning via
-    Mutual-Information-Inspired Dependency Optimization).
+    """Semantic Mutual Information loss (Mishra, Ballester, Karatzas, "SMI: Efficient
+    Self-Supervised Learning via Mutual-Information-Inspired Dependency Optimization", arXiv
+    2606.08332), as this package reads it: the paper's equations were lost, the reading is
+    written out in the README's "The loss" and in :mod:`smi_kernels.reference`.
 
     Sample-level N x N correlations between the samples of a batch, passed through the Gaussian
     mutual-information transform ``m(rho) = -1/2 log(1 - rho^2 + eps)``; positives are aligned

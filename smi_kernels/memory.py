@@ -12,7 +12,8 @@ Triton path (G stored as packed upper tiles of side B, NB = ceil(P / B)):
     backward: dz    P D b
 PyTorch path:
     stacked input, zh, and one P x D temporary   3 P D b
-    G (P x P) saved, plus one N x N block and its transform temporaries (4 N^2 b)
+    G (P x P) saved, plus one N x N block and its transform temporaries, the previous
+    block's still alive while the next is computed (6 N^2 b, followed op by op)
     backward: dzh and dz                         2 P D b
 Sharded mode (PyTorch path, per rank; n samples per view, P_local = V n, P_global = W P_local):
     stacked input, zh, one temporary             3 P_local D b
@@ -21,14 +22,26 @@ Sharded mode (PyTorch path, per rank; n samples per view, P_local = V n, P_globa
     one n x P_global slab of S and its transform 4 n P_global b
     backward: dzh and dz                         2 P_local D b
 
-The check runs before the kernels allocate: on CUDA it compares the forward's new allocations
-with the free device memory plus what PyTorch's caching allocator holds unused, and raises
-``torch.OutOfMemoryError`` with the breakdown rather than failing inside a kernel launch.
+The check runs before either path allocates: on CUDA it compares the forward's new allocations
+with the free device memory plus what PyTorch's caching allocator holds unused; on the CPU with
+the memory the operating system reports available (``MemAvailable`` of ``/proc/meminfo``, else
+``os.sysconf``). It raises ``torch.OutOfMemoryError`` with the breakdown rather than failing
+inside a kernel launch or the allocator. With a gradient, the PyTorch path holds the P x P
+matrix G and the N x N block temporaries: at V = 2, N = 20,000 that is 15 GiB in float32, and
+at N = 40,000 about 60 GiB, whatever D is.
+
+Example:
+    >>> import torch
+    >>> from smi_kernels import memory
+    >>> need = memory.torch_estimate(20_000, 64, 2, torch.float32, need_grad=True)
+    >>> round((need.stacked_input + need.forward_new) / 2**30, 1)
+    14.9
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -95,7 +108,7 @@ def torch_estimate(
         stacked_input=p * d * b,
         standardized=2 * p * d * b,
         gradient_matrix=p * p * b if need_grad else 0,
-        partials=4 * n * n * b,
+        partials=6 * n * n * b,
         vectors=(2 * p + views * views * n) * a,
         backward=2 * p * d * b if need_grad else 0,
     )
@@ -127,8 +140,29 @@ def sharded_estimate(
     )
 
 
+def _host_available_bytes() -> int | None:
+    """Memory the operating system can give a new allocation: ``MemAvailable`` (Linux), else
+    the free physical pages; None where neither is known."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the kernel reports kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def available_bytes(device: torch.device) -> int | None:
-    """Free bytes for a new allocation on ``device``, or None where that is not known."""
+    """Free bytes for a new allocation on ``device``, or None where that is not known (the meta
+    device, other accelerators, inside torch.compile's tracing or a CUDA graph capture)."""
+    if torch.compiler.is_compiling():
+        return None
+    if device.type == "cpu":
+        return _host_available_bytes()
     if device.type != "cuda":
         return None
     if torch.cuda.is_current_stream_capturing():
@@ -138,12 +172,38 @@ def available_bytes(device: torch.device) -> int | None:
     return free + cached
 
 
-def check_fits(needed: int, what: str, device: torch.device) -> None:
-    """Raise ``torch.OutOfMemoryError`` when ``needed`` bytes cannot be allocated on ``device``."""
+def check_fits(needed: int, what: str, device: torch.device, detail: str = "") -> None:
+    """Raise ``torch.OutOfMemoryError`` when ``needed`` bytes cannot be allocated on ``device``;
+    ``detail`` (what holds the bytes) goes into the message."""
     available = available_bytes(device)
     if available is not None and needed > available:
         raise torch.OutOfMemoryError(
             f"SMI {what} needs {needed / 2**30:.2f} GiB on {device} but only "
-            f"{available / 2**30:.2f} GiB are free; reduce N (per view), D or the number of views "
-            "(see smi_kernels.memory for the model)"
+            f"{available / 2**30:.2f} GiB are free{detail}; reduce N (per view), D or the number "
+            "of views (see smi_kernels.memory for the model)"
         )
+
+
+#: PyTorch-path requests below this many bytes are not checked: asking the device or the OS what
+#: is free costs more than such a step's own allocations are worth refusing
+TORCH_PATH_CHECK_FROM = 2**28
+
+
+def check_torch_path(
+    n: int, d: int, views: int, dtype: torch.dtype, need_grad: bool, device: torch.device
+) -> None:
+    """Refuse, before it allocates, a PyTorch-path forward that cannot fit on ``device``."""
+    if torch.compiler.is_compiling():
+        return  # the compiled graph allocates on its own terms; an eager call is checked
+    estimate = torch_estimate(n, d, views, dtype, need_grad)
+    needed = estimate.stacked_input + estimate.forward_new
+    if needed < TORCH_PATH_CHECK_FROM:
+        return
+    gib = 2**-30
+    detail = (
+        f" ({views} views of ({n}, {d}): the P x P gradient matrix G "
+        f"{estimate.gradient_matrix * gib:.2f} GiB, one N x N block and its temporaries "
+        f"{estimate.partials * gib:.2f} GiB, the stacked and standardised views "
+        f"{(estimate.stacked_input + estimate.standardized) * gib:.2f} GiB)"
+    )
+    check_fits(needed, "forward (PyTorch path)", device, detail)

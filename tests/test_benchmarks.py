@@ -103,17 +103,53 @@ def test_reference_smi_three_views_counts() -> None:
     assert counter.get_total_flops() == 2 * cost_model.naive_forward_macs(n, d, views=3)
 
 
-def test_paper_table_2_reproduced(bench_flops: ModuleType) -> None:
+@pytest.fixture(scope="module")
+def paper_rows(bench_flops: ModuleType) -> list[dict]:
     rows, _ = bench_flops.build_rows(2048, 8192, 8)
-    by_key = {row["key"]: row for row in rows}
+    return rows
+
+
+def test_paper_table_2_reproduced(bench_flops: ModuleType, paper_rows: list[dict]) -> None:
+    by_key = {row["key"]: row for row in paper_rows}
     for key, paper in bench_flops.PAPER_GFLOPS.items():
         assert by_key[key]["agrees_with_paper"] is True, by_key[key]
         assert by_key[key]["paper_gflops"] == paper
     assert by_key["smi_reference"]["per_device_macs"] == 8 * 3 * 256**2 * 8192
+    assert by_key["smi_reference"]["paper_reading"] == "per device"
     assert by_key["smi_reference"]["fvcore_macs"] == by_key["ntxent"]["fvcore_macs"]
     if "smi_fused" in by_key:
         assert by_key["smi_fused"]["fvcore_macs"] == 2 * 2048**2 * 8192
         assert by_key["smi_fused"]["per_device_macs"] == 8 * 2 * 256**2 * 8192
+
+
+def test_official_counts_beside_the_papers(paper_rows: list[dict]) -> None:
+    by_key = {row["key"]: row for row in paper_rows}
+    n, d = 2048, 8192
+    # NT-Xent as SimCLR's code and lightly compute it: four products, 137.44
+    assert by_key["ntxent_4"]["fvcore_macs"] == 4 * n * n * d
+    assert f"{by_key['ntxent_4']['fvcore_gflops']:.2f}" == "137.44"
+    # Barlow Twins with its batch norm as an op, which fvcore counts: 137.57
+    assert by_key["barlow_bn"]["fvcore_by_operator"] == {
+        "matmul": n * d * d,
+        "batch_norm": 8 * n * d,
+    }
+    assert f"{by_key['barlow_bn']['fvcore_gflops']:.2f}" == "137.57"
+    # VICReg per device: every device recomputes the gathered covariances
+    assert by_key["vicreg"]["per_device_macs"] == 8 * 2 * n * d * d
+    assert by_key["vicreg"]["paper_reading"] == "global"
+    for key in ("ntxent_4", "barlow_bn"):
+        assert by_key[key]["paper_gflops"] is None and by_key[key]["agrees_with_paper"] is None
+        assert by_key[key]["note"]
+
+
+def test_flops_table_width(bench_flops: ModuleType, paper_rows: list[dict]) -> None:
+    narrow = bench_flops.format_table(paper_rows, 2048, 8192, 8)
+    assert max(len(line) for line in narrow.splitlines()) <= 100
+    assert "paper" in narrow.splitlines()[0]
+    wide = bench_flops.format_table(paper_rows, 2048, 8192, 8, wide=True)
+    assert "FlopCounter" in wide and "communication" in wide
+    notes = bench_flops.row_notes(paper_rows)
+    assert max(len(line) for line in notes.splitlines()) <= 100
 
 
 def test_flops_json_schema(bench_flops: ModuleType, tmp_path: Path, capsys) -> None:
@@ -121,6 +157,9 @@ def test_flops_json_schema(bench_flops: ModuleType, tmp_path: Path, capsys) -> N
     assert bench_flops.main(["--n", "32", "--d", "16", "--devices", "4", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "SMI (reference)" in out and "per-device reading" in out
+    # away from the paper's setting, no paper column and no paper numbers
+    assert "paper: not shown" in out and "12.88" not in out and "agree" not in out
+    assert max(len(line) for line in out.splitlines()) <= 100
     payload = json.loads(path.read_text())
     assert payload["setting"] == {
         "n": 32,
@@ -131,10 +170,12 @@ def test_flops_json_schema(bench_flops: ModuleType, tmp_path: Path, capsys) -> N
         "dtype": "float32",
         "convention": "fvcore: one multiply-add = one flop",
     }
+    assert payload["paper_setting"] is False
     keys = [row["key"] for row in payload["rows"]]
-    assert keys[:4] == ["barlow", "vicreg", "ntxent", "smi_reference"]
+    assert keys[:6] == ["barlow", "barlow_bn", "vicreg", "ntxent", "ntxent_4", "smi_reference"]
     fields = {
         "loss": str,
+        "note": str,
         "counted_by": str,
         "fvcore_by_operator": dict,
         "fvcore_macs": int,
@@ -153,19 +194,46 @@ def test_flops_json_schema(bench_flops: ModuleType, tmp_path: Path, capsys) -> N
     for row in payload["rows"]:
         for field, kind in fields.items():
             assert isinstance(row[field], kind), (row["key"], field)
-        assert row["fvcore_macs"] == row["flop_counter_macs"]
-        assert row["paper_gflops"] is None or isinstance(row["paper_gflops"], float)
-        assert row["agrees_with_paper"] in (None, True, False)
+        if row["key"] != "barlow_bn":  # FlopCounterMode does not count batch_norm
+            assert row["fvcore_macs"] == row["flop_counter_macs"]
+        assert row["paper_gflops"] is None and row["agrees_with_paper"] is None
     rows = {row["key"]: row for row in payload["rows"]}
     assert rows["smi_reference"]["per_device_macs"] == 4 * 3 * 8**2 * 16
     assert rows["smi_reference"]["off_diagonal_entries"] == 3 * (32 * 32 - 32)
     assert rows["barlow"]["off_diagonal_entries"] == 16 * 16 - 16
     assert rows["barlow"]["per_device_macs"] == rows["barlow"]["fvcore_macs"]
+    assert rows["vicreg"]["per_device_macs"] == 4 * rows["vicreg"]["fvcore_macs"]
+    assert rows["ntxent_4"]["fvcore_macs"] == 4 * 32 * 32 * 16
 
 
-def test_flops_rejects_uneven_split(bench_flops: ModuleType) -> None:
+def test_flops_rejects_uneven_split(bench_flops: ModuleType, capsys) -> None:
     with pytest.raises(SystemExit):
-        bench_flops.main(["--n", "30", "--devices", "8"])
+        bench_flops.main(["--n", "100", "--devices", "3"])
+    err = capsys.readouterr().err
+    assert "--n 100 does not divide by --devices 3" in err and "--n 99 or --n 102" in err
+    with pytest.raises(SystemExit):
+        bench_flops.main(["--n", "8", "--devices", "8"])
+    assert "leaves 1 sample per device" in capsys.readouterr().err
+
+
+def test_flops_help_shows_defaults(bench_flops: ModuleType, capsys) -> None:
+    with pytest.raises(SystemExit):
+        bench_flops.main(["--help"])
+    out = capsys.readouterr().out
+    for default in ("(default: 2048)", "(default: 8192)", "(default: 8)"):
+        assert default in out
+
+
+def test_flops_names_the_extra_when_fvcore_is_missing(
+    bench_flops: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setattr(bench_flops, "_missing_requirements", lambda: ["fvcore"])
+    with pytest.raises(SystemExit) as info:
+        bench_flops.main(["--n", "32", "--d", "16", "--devices", "4"])
+    assert info.value.code == 2
+    assert 'needs fvcore, which the bench extra installs: pip install -e ".[bench]"' in (
+        capsys.readouterr().err
+    )
 
 
 # --- speed.py writes its files ----------------------------------------------------------------
@@ -175,23 +243,94 @@ def test_speed_writes_json_markdown_and_plots(bench_speed: ModuleType, tmp_path:
     argv = [
         "--device", "cpu", "--n", "8", "16", "--d", "16", "32", "--dtypes", "float32",
         "--grid", "full", "--losses", "smi_torch", "smi_reference", "barlow",
-        "--min-run-time", "0.01", "--out-dir", str(tmp_path),
+        "--min-run-time", "0.01", "--max-spread", "1000", "--max-load", "1000",
+        "--out-dir", str(tmp_path),
     ]  # fmt: skip
     assert bench_speed.main(argv) == 0
     payload = json.loads((tmp_path / "speed.json").read_text())
-    assert payload["device"] == "cpu"
+    assert payload["device"] == "cpu" and payload["accepted"] is True
+    assert {"cpu", "cores", "cores_usable", "torch_threads", "torch", "python"} <= set(
+        payload["machine"]
+    )
     assert {(r["n"], r["d"]) for r in payload["roofline"]} == {(8, 16), (8, 32), (16, 16), (16, 32)}
     assert len(payload["results"]) == 4 * 3
     for row in payload["results"]:
         assert row["status"] == "ok", row
         assert row["time_ms"] > 0 and row["peak_bytes"] > 0
+        assert row["time_min_ms"] <= row["time_q1_ms"] <= row["time_ms"] <= row["time_q3_ms"]
+        assert row["time_q3_ms"] <= row["time_max_ms"] and row["rounds"] >= 10
+        assert row["accepted"] is True and row["spread"] >= 0
     torch_rows = [row for row in payload["results"] if row["loss"] == "smi_torch"]
     assert all(row["roofline_pct"] > 0 for row in torch_rows)
     reference_rows = [row for row in payload["results"] if row["loss"] == "smi_reference"]
     assert all(row["speedup_vs_reference"] == 1.0 for row in reference_rows)
-    assert "| N | D | loss |" in (tmp_path / "speed.md").read_text()
+    page = (tmp_path / "speed.md").read_text()
+    assert "| N | D | loss | time ms | IQR ms | spread % |" in page
+    assert f"Machine: {payload['machine']['cpu']}" in page and "Noise: spread" in page
+    assert payload["machine"]["torch"] in page
+    assert "Summary: " in page and "N = 16, D = 32" in page  # the middle of each sweep
     for name in ("time_vs_n.png", "time_vs_d.png", "memory_vs_n.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _fake_timer(per_step_seconds: list[float]):
+    def timer(steps, min_run_time, min_rounds=5):
+        return {key: list(per_step_seconds) for key in steps}
+
+    return timer
+
+
+def test_speed_rejects_a_noisy_run(
+    bench_speed: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passes = []
+
+    def noisy(steps, min_run_time, min_rounds=5):
+        passes.append(1)
+        return _fake_timer([1e-3, 1e-3, 1e-3, 5e-3, 9e-3, 9e-3, 9e-3])(steps, min_run_time)
+
+    monkeypatch.setattr(bench_speed, "time_cpu_interleaved", noisy)
+    argv = [
+        "--device", "cpu", "--n", "8", "--d", "16", "--losses", "smi_torch", "smi_reference",
+        "--retries", "2", "--max-load", "1000", "--out-dir", str(tmp_path),
+    ]  # fmt: skip
+    assert bench_speed.main(argv) == 1
+    assert len(passes) == 3  # the first pass and two retries
+    assert not (tmp_path / "speed.json").exists()  # the results in out-dir stay as they were
+    payload = json.loads((tmp_path / "rejected" / "speed.json").read_text())
+    assert payload["accepted"] is False and "spread more than 10%" in payload["rejected_because"][0]
+    assert all(row["accepted"] is False and row["attempts"] == 3 for row in payload["results"])
+    page = (tmp_path / "rejected" / "speed.md").read_text()
+    assert "REJECTED" in page and "(rejected)" in page and "Summary:" not in page
+
+
+def test_speed_accepts_a_steady_run_and_checks_the_load(
+    bench_speed: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench_speed, "time_cpu_interleaved", _fake_timer([1e-3] * 6 + [1.05e-3]))
+    argv = [
+        "--device", "cpu", "--n", "8", "--d", "16", "--losses", "smi_torch", "smi_reference",
+        "--out-dir", str(tmp_path),
+    ]  # fmt: skip
+    monkeypatch.setattr(bench_speed, "_load_average", lambda: [0.0, 0.0, 0.0])
+    assert bench_speed.main(argv) == 0
+    payload = json.loads((tmp_path / "speed.json").read_text())
+    assert payload["accepted"] is True
+    assert all(row["attempts"] == 1 and row["spread"] == 0.0 for row in payload["results"])
+    page = (tmp_path / "speed.md").read_text()
+    assert "SMI PyTorch path 1.0 ms (IQR 1.0-1.0), 1.00x" in page
+    # the same run on a busy machine is rejected, whatever the spread says
+    monkeypatch.setattr(bench_speed, "_load_average", lambda: [100.0, 100.0, 100.0])
+    assert bench_speed.main(argv) == 1
+    payload = json.loads((tmp_path / "rejected" / "speed.json").read_text())
+    assert "the machine was busy before the run" in payload["rejected_because"][0]
+
+
+def test_speed_help_shows_defaults(bench_speed: ModuleType, capsys) -> None:
+    with pytest.raises(SystemExit):
+        bench_speed.main(["--device", "cpu", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 0.1)" in out and "(default: 10)" in out
 
 
 def test_speed_records_failures(bench_speed: ModuleType) -> None:
@@ -266,6 +405,12 @@ def test_barlow_matches_batchnorm_module_version() -> None:
     _assert_same_values_and_gradients(reference.barlow_twins_loss, barlow_with_module, *_views())
 
 
+def test_barlow_batch_norm_op_variant_matches() -> None:
+    _assert_same_values_and_gradients(
+        reference.barlow_twins_loss, reference.barlow_twins_loss_batch_norm, *_views()
+    )
+
+
 def test_barlow_decorrelated_identical_views() -> None:
     # columns of a Hadamard matrix (the all-ones one dropped): zero mean, unit variance,
     # orthogonal; c = I / (1 + eps) exactly, so the off-diagonal term vanishes
@@ -314,6 +459,16 @@ def test_ntxent_matches_2n_similarity_matrix_version() -> None:
     _assert_same_values_and_gradients(reference.ntxent_loss, ntxent_2n, *_views())
 
 
+def test_ntxent_four_products_matches_three(bench_flops: ModuleType) -> None:
+    _assert_same_values_and_gradients(
+        reference.ntxent_loss, reference.ntxent_loss_four_products, *_views()
+    )
+    n, d = 16, 40
+    assert bench_flops.fvcore_count(reference.ntxent_loss_four_products, n, d) == {
+        "matmul": 4 * n * n * d
+    }
+
+
 def test_ntxent_orthogonal_identical_views_known_value() -> None:
     n, t = 8, 0.5
     z = torch.eye(n, dtype=torch.float64)  # positive similarity 1, every negative 0
@@ -324,7 +479,14 @@ def test_ntxent_orthogonal_identical_views_known_value() -> None:
 
 
 @pytest.mark.parametrize(
-    "fn", [reference.barlow_twins_loss, reference.vicreg_loss, reference.ntxent_loss]
+    "fn",
+    [
+        reference.barlow_twins_loss,
+        reference.barlow_twins_loss_batch_norm,
+        reference.vicreg_loss,
+        reference.ntxent_loss,
+        reference.ntxent_loss_four_products,
+    ],
 )
 def test_baselines_reject_mismatched_views(fn) -> None:
     with pytest.raises(ValueError, match="same shape"):

@@ -1,4 +1,6 @@
-"""examples/train_ssl.py runs end to end (two steps per loss) and writes its curves and results."""
+"""examples/train_ssl.py runs end to end (two steps per loss) and writes its curves and results;
+``--help`` shows the defaults; a copy outside the repository stops before training when the
+Barlow Twins reference it compares with is missing."""
 
 from __future__ import annotations
 
@@ -62,3 +64,30 @@ def test_train_ssl_example_runs(tmp_path):
     # the printed table names every encoder
     for name in ("smi", "barlow", "random init"):
         assert name in proc.stdout
+
+
+def test_train_ssl_help_shows_defaults() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    for default in ("(default: 50)", "(default: 256)", "(default: 0.005)", "(default: ssl_out)"):
+        assert default in proc.stdout
+
+
+def test_copy_outside_the_repository_checks_barlow_before_training(tmp_path: Path) -> None:
+    # the package importable, the repository's reference/ not: a user's copy of the script
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "smi_kernels").symlink_to(ROOT / "smi_kernels", target_is_directory=True)
+    copy = tmp_path / "elsewhere" / "train_ssl.py"
+    copy.parent.mkdir()
+    copy.write_text(SCRIPT.read_text())
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(site))
+    cmd = [sys.executable, str(copy), "--epochs", "1", "--max-steps", "1", "--batch-size", "32"]
+    cmd += ["--proj-dim", "16", "--losses", "smi,barlow", "--out-dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert "needs reference/barlow.py" in proc.stderr and "--losses smi" in proc.stderr
+    assert "epoch" not in proc.stderr and "digits:" not in proc.stdout  # nothing trained
+    assert not (tmp_path / "out").exists()

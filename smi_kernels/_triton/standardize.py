@@ -111,7 +111,9 @@ def standardize_kernel(
         # a zero row of the padding after P
         row = zh_ptr + (P + (i - N)).to(tl.int64) * D_pad
         for k0 in range(0, D_pad, BLOCK_D):
-            tl.store(row + k0 + k, tl.zeros((BLOCK_D,), zh_ptr.dtype.element_ty), mask=k0 + k < D_pad)
+            tl.store(
+                row + k0 + k, tl.zeros((BLOCK_D,), zh_ptr.dtype.element_ty), mask=k0 + k < D_pad
+            )
     else:
         u = tl.arange(0, V_BLOCK)
         view_ok = u < V
@@ -166,7 +168,9 @@ def standardize_kernel(
         if SINGLE_PASS:
             zh = tl.where(projected[:, None], c / norm[:, None], (c * scale[:, None]) / 1e-12)
             stored = to_storage(zh, zh_ptr.dtype.element_ty, EMULATE_RTNE)
-            tl.store(out_rows[:, None] + k[None, :], stored, mask=view_ok[:, None] & (k < D_pad)[None, :])
+            tl.store(
+                out_rows[:, None] + k[None, :], stored, mask=view_ok[:, None] & (k < D_pad)[None, :]
+            )
             gap_minus, gap_plus, dot = pair_sums(zh, u, V, V_BLOCK)
         else:
             gap_minus = tl.zeros((V_BLOCK, V_BLOCK), acc_dtype)

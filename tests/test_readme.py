@@ -1,0 +1,125 @@
+"""The README holds: its quickstart runs as pasted, its API table lists every export, it names
+the paper and says up front that the loss is this project's reading, and every number it quotes
+comes from a committed results file."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import smi_kernels
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+FLOPS_TXT = ROOT / "benchmarks" / "results" / "flops" / "flops.txt"
+SPEED_DIR = ROOT / "benchmarks" / "results" / "cpu"
+EXAMPLE_JSON = ROOT / "examples" / "results" / "train_ssl_results.json"
+REGENERATE = "python benchmarks/speed.py"
+
+
+def section(title: str) -> str:
+    """The text of the README section ``## title``, up to the next ``## ``."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.M | re.S)
+    assert match is not None, f"no section {title!r}"
+    return match.group(1)
+
+
+def block(name: str) -> str:
+    """The text between ``<!-- name:begin ... -->`` and ``<!-- name:end -->``."""
+    match = re.search(rf"<!-- {name}:begin[^>]*-->(.*?)<!-- {name}:end -->", README, re.S)
+    assert match is not None, f"no {name} block"
+    return match.group(1)
+
+
+def normalised(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_quickstart_runs_as_pasted() -> None:
+    code = re.search(r"```python\n(.*?)```", section("Quickstart"), re.S)
+    assert code is not None
+    namespace: dict[str, object] = {}
+    exec(compile(code.group(1), "README quickstart", "exec"), namespace)
+    loss = namespace["loss"]
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and bool(torch.isfinite(loss))
+    assert namespace["z_a"].grad is not None  # type: ignore[union-attr]
+
+
+def test_api_table_lists_every_export() -> None:
+    api = section("API")
+    for name in smi_kernels.__all__:
+        assert re.search(rf"\| `{re.escape(name)}[`(]", api), f"{name} missing from the API table"
+    for module in ("smi_kernels.reference", "smi_kernels.memory", "smi_kernels.flops"):
+        assert f"`{module}`" in api
+
+
+def test_paper_named_and_reading_stated_at_the_top() -> None:
+    top = README[: README.index("## Install")]
+    title = "SMI: Efficient Self-Supervised Learning via Mutual-Information-Inspired Dependency"
+    assert title in normalised(top)
+    assert "2606.08332" in top
+    assert "equations were lost" in top and "[The loss](#the-loss)" in top
+    assert "## The loss" in README
+
+
+def test_gpu_section() -> None:
+    gpu = normalised(section("With a GPU"))
+    for phrase in (
+        "float32, bfloat16 or float16",
+        'torch.set_float32_matmul_precision("high")',
+        '"highest"',
+        "python benchmarks/gpu_check.py",
+        "benchmarks/results/<gpu-name>/",
+        "smi_kernels/_triton/__init__.py",
+    ):
+        assert phrase in gpu, phrase
+
+
+def test_extras_named() -> None:
+    install = normalised(section("Install"))
+    for extra in ("`bench`", "`examples`", "`dev`", '".[triton]"'):
+        assert extra in install, extra
+    assert "benchmarks/speed.py" in README and "benchmarks/results/" in README
+
+
+def test_flops_numbers_come_from_the_committed_output() -> None:
+    quoted = re.findall(r"\d+\.\d{4}", block("flops"))
+    assert len(quoted) >= 8
+    committed = FLOPS_TXT.read_text()
+    for number in quoted:
+        assert number in committed, f"{number} is not in {FLOPS_TXT.relative_to(ROOT)}"
+
+
+def test_speed_numbers_come_from_the_committed_results() -> None:
+    text = block("speed")
+    page = (SPEED_DIR / "speed.md").read_text()
+    for number in re.findall(r"\d+(?:\.\d+)?(?= ms|x\b)", text):
+        assert number in page, f"{number} is not in benchmarks/results/cpu/speed.md"
+    summaries = [line for line in page.splitlines() if line.startswith("Summary: ")]
+    for line in summaries:  # an accepted run's summary is quoted as it stands
+        assert normalised(line) in normalised(text), (
+            "paste the Summary line of benchmarks/results/cpu/speed.md into the README's speed "
+            "block"
+        )
+
+
+def test_committed_speed_results_were_accepted() -> None:
+    payload = json.loads((SPEED_DIR / "speed.json").read_text())
+    if "accepted" not in payload:
+        assert "predate" in block("speed")  # the README says so, and quotes no number
+        pytest.skip(f"the committed CPU results predate the spread check; regenerate: {REGENERATE}")
+    assert payload["accepted"] is True, payload.get("rejected_because")
+
+
+def test_example_numbers_come_from_the_committed_results() -> None:
+    text = block("example")
+    results = json.loads(EXAMPLE_JSON.read_text())
+    committed = {f"{value:.3f}" for probe in results["probes"].values() for value in probe.values()}
+    quoted = re.findall(r"\d\.\d{3}", text)
+    assert len(quoted) >= 9
+    for number in quoted:
+        assert number in committed, f"{number} is not in {EXAMPLE_JSON.relative_to(ROOT)}"
