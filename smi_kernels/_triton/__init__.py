@@ -7,9 +7,8 @@ IEEE-rounded float32 operation at a time. Compiled for sm_90 or sm_80 (triton 3.
   a division by a constant may become a product with a ``div.approx`` reciprocal. IEEE versions
   are ``tl.sqrt_rn`` and ``tl.math.div_rn``. ``tl.log`` is libdevice ``__nv_logf`` (~1 ulp).
 - FMA contraction: ``a * b + c`` rounds once. Triton's ``enable_fp_fusion`` defaults to on up to
-  3.9, and 3.9 warns that the default turns off in 3.10; op.py pins it on for the
-  standardisation, Gram and backward launches, so a Triton upgrade cannot move their results
-  (not yet for finalize_kernel, whose ``L = L_align + lambda L_red`` may contract).
+  3.9, and 3.9 warns that the default turns off in 3.10; op.py pins it on at every launch, so a
+  Triton upgrade cannot move the results silently.
 - ``tl.dot`` accumulates in the order of its FMA, mma.sync or wgmma tiling; the interpreter calls
   numpy's matmul. The interpreter also ignores ``input_precision``: TF32 (float32 at matmul
   precision "high") keeps 10 mantissa bits of each operand on the GPU only, so no CPU test
