@@ -7,19 +7,20 @@ over the seeds used here, both backends (Triton under the interpreter, PyTorch o
 
     guard                           checked                      today    limit  guard removed
     log1p(eps - rho^2), Gram        L_red                        1.4e-7   8e-6   1.4e-4
-    (1 - rho)(1 + rho), positives   L_align                      7.2e-7   3e-5   9.1e-4
+    (1 - rho)(1 + rho), positives   L_align                      7.2e-7   3e-5   5.3e-4
                                     its gradient                 1.4e-4   2e-3   1.5e-2
-    second centring pass            gradient, offsets 1e4..1e6   1.4e-7   6e-6   4.3e-3
-    divisor D of the means          gradient, offsets 1e4..1e6   1.4e-7   6e-6   6.0e-5
-    floor 1e-12 of s                gradient of sub-floor rows   1.8e-6   1e-3   1.0
+    second centring pass            gradient, offsets 1e4..1e6   1.5e-7   3e-6   3.7e-3
+    divisor D of the means          gradient, offsets 1e4..1e6   1.5e-7   3e-6   1.4e-5
+    floor 1e-12 of s                gradient of sub-floor rows   3.4e-6   1e-3   1.0
 
-"Guard removed": log(t) for log1p; 1 - rho^2 from the rounded rho; the second centring skipped;
-divisor D - 1 in the first, the second or both means; the floor 1e-10 or 1e-14, or compared
-before the row's power-of-two scale is multiplied back. Each edit made every seed of the
-matching test fail, on each backend. With every float32 division and sqrt result of the Triton
-kernels moved by up to 2 and 3 ulp (a simulation of the GPU's approximate arithmetic, see
-smi_kernels/_triton/__init__.py) the "today" errors stay at least 4 times under each limit; the
-one exception is the constant row, whose zero gradient needs the means' divisions to be exact.
+"Guard removed" (the smallest error over the edits): log(t) for log1p; 1 - rho^2 from the rounded
+rho, or 1 -+ rho from the dot product; the second centring skipped; divisor D - 1 in the first or
+the second mean; the floor 1e-10 or 1e-14, or compared before the row's power-of-two scale is
+multiplied back. Each edit, made in both Triton branches (one pass over D, chunks), made every
+case of the matching test fail on each backend. With every float32 division and sqrt result of
+the Triton kernels moved by up to 2 and 3 ulp (a simulation of the GPU's approximate arithmetic,
+see smi_kernels/_triton/__init__.py) the "today" errors stay at least 3 times under each limit;
+the exception is the constant row, whose zero gradient needs exact divisions by D.
 
 Reference: the inputs upcast to float64 and shifted by each row's first entry, as in
 test_properties.py: the loss is invariant under row shifts, the shift is exact in float64 for
@@ -168,7 +169,7 @@ def test_large_offset_float32(backend: str, d: int, seed: int) -> None:
         error = relative_error(term, ref)
         assert error < 1e-5, f"{name}: relative error {error:.2e}"
     error = relative_error(grads[0], ref_grads[0])
-    assert error < 6e-6, f"gradient: relative error {error:.2e}"
+    assert error < 3e-6, f"gradient: relative error {error:.2e}"
 
 
 # the interpreter evaluates both sides of tl.where: 0 / 0 of a constant row's unused branch
