@@ -72,7 +72,9 @@ def row_epilogue(
     else:
         load_cols = (offs_d < D_pad)[None, :]
     dzh = acc * c_red_scaled
-    for v in tl.static_range(V):
+    # a loop, not unrolled: one partner tile live at a time (unrolled over four views, the
+    # loads are hoisted together and spill)
+    for v in range(V):
         pair_ok = row_ok & (view_p != v)
         a = tl.load(align_grad_ptr + (view_p * V + v) * N + sample_p, mask=pair_ok, other=0.0)
         partner = (v * N + sample_p).to(tl.int64)
