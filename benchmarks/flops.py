@@ -143,19 +143,14 @@ def matrices(fn: harness.LossFn, n: int, d: int) -> dict[str, int]:
 def fused_matrices(n: int, d: int) -> dict[str, int]:
     """The fused op never writes S: its entries are the strict upper triangle, P (P - 1) / 2,
     computed tile by tile in registers. What it stores of size P x P is G (the gradient of the
-    loss in S, packed upper tiles, only when a gradient is needed): its bytes at float32, from
-    the launch plan of this shape where it names G, else the upper triangle P (P + 1) / 2."""
-    p = 2 * n
-    matrix_bytes = 4 * p * (p + 1) // 2
-    try:
-        from smi_kernels._triton.plan import plan_for
+    loss in S, packed upper tiles, only when a gradient is needed): the bytes of that segment of
+    the op's workspace at float32, on an H100's plan (sm_90, 132 SMs; float32 at the default
+    matmul precision)."""
+    from smi_kernels._triton.plan import make_plan
 
-        plan = plan_for(2, n, d, torch.float32, torch.device("meta"), True)
-        g = plan.segments["g"]
-        matrix_bytes = g.nbytes // g.dtype.itemsize * 4
-    except (ImportError, KeyError, AttributeError):
-        pass
-    return {"off_diagonal_entries": p * (p - 1) // 2, "matrix_bytes": matrix_bytes}
+    p = 2 * n
+    plan = make_plan("sm90", 132, 2, n, d, torch.float32, "highest", True)
+    return {"off_diagonal_entries": p * (p - 1) // 2, "matrix_bytes": plan.segments["g"].nbytes}
 
 
 def peak_memory(fn: harness.LossFn, n: int, d: int) -> int:
@@ -424,6 +419,96 @@ def explain(rows: Sequence[dict[str, Any]], n: int, d: int, devices: int) -> str
     return text
 
 
+# --- per-rank cost of the distributed modes (smi_kernels.flops.distributed_macs) -------------
+
+DISTRIBUTED_MODES = (
+    ("local", "False", "none"),
+    ("gather", "True", "all-gather of z; all-reduce of dz (P_global x D) in the backward"),
+    (
+        "sharded",
+        "'sharded'",
+        "all-gather of zh; three tiny collectives (shapes, shares, incoming gradients)",
+    ),
+)
+
+
+def distributed_rows(n: int, d: int, devices: int, views: int = 2) -> list[dict[str, Any]]:
+    """Per-rank multiply-adds of SMI's three distributed modes, the global batch of ``n`` per
+    view split over ``devices`` ranks (cost model: fused counts for local and gather, the band
+    P_local x P_global for sharded)."""
+    local_n = n // devices
+    gather_total = sum(cost_model.distributed_macs(local_n, d, devices, views, mode="gather"))
+    rows = []
+    for mode, flag, communication in DISTRIBUTED_MODES:
+        forward, backward = cost_model.distributed_macs(local_n, d, devices, views, mode=mode)
+        rows.append(
+            {
+                "mode": mode,
+                "gather_distributed": flag,
+                "batch": "local" if mode == "local" else "global",
+                "forward_macs": forward,
+                "backward_macs": backward,
+                "total_macs": forward + backward,
+                "gather_over_mode": gather_total / (forward + backward),
+                "communication": communication,
+            }
+        )
+    return rows
+
+
+def format_distributed_table(
+    rows: Sequence[dict[str, Any]], n: int, d: int, devices: int, wide: bool = False
+) -> str:
+    """The distributed rows as a text table, with a line on what it shows; the communication
+    goes under the table unless ``wide``, to keep within 100 columns."""
+    from tabulate import tabulate
+
+    body = [
+        [
+            row["mode"],
+            row["gather_distributed"],
+            row["batch"],
+            f"{row['forward_macs'] / GIGA:.4f}",
+            f"{row['backward_macs'] / GIGA:.4f}",
+            f"{row['total_macs'] / GIGA:.4f}",
+            f"{row['gather_over_mode']:.2f}",
+        ]
+        + ([row["communication"]] if wide else [])
+        for row in rows
+    ]
+    headers = [
+        "mode",
+        "gather_\ndistributed",
+        "loss of",
+        "forward\nGMACs/rank",
+        "backward\nGMACs/rank",
+        "fwd+bwd\nGMACs/rank",
+        "gather /\nmode",
+    ] + (["communication per step"] if wide else [])
+    table = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+    communication = (
+        ""
+        if wide
+        else "Communication per step:\n"
+        + "\n".join(f"  {row['mode']:<8} {row['communication']}" for row in rows)
+        + "\n\n"
+    )
+    title = (
+        f"Per-rank multiply-adds of the distributed modes: {n} samples per view over {devices} "
+        f"ranks of {n // devices}, D = {d}, two views (smi_kernels.flops.distributed_macs)"
+    )
+    closing = (
+        "gather and sharded compute the same global-batch loss and gradients; sharded computes "
+        "only each rank's rows of S against all columns (forward 1/W of the full square S, 2/W "
+        "of gather's upper triangle; backward exactly 1/W of gather's G_sym Z)."
+    )
+    return (
+        "\n".join(textwrap.wrap(title, 100))
+        + f"\n\n{table}\n\n{communication}"
+        + "\n".join(textwrap.wrap(closing, 100))
+    )
+
+
 def _missing_requirements() -> list[str]:
     return [name for name in ("fvcore", "tabulate") if importlib.util.find_spec(name) is None]
 
@@ -518,6 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print()
     print("\n".join(textwrap.wrap(explain(rows, n, d, devices), 100)))
+    print()
+    distributed = distributed_rows(n, d, devices)
+    print(format_distributed_table(distributed, n, d, devices, wide=args.wide))
     print(f"\n({elapsed:.1f} s)")
 
     if args.json is not None:
@@ -535,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rows": rows,
             "notes": notes,
             "explanation": explain(rows, n, d, devices),
+            "distributed_modes": distributed,
             "seconds": elapsed,
             "torch": torch.__version__,
         }

@@ -87,6 +87,9 @@ class StandIn:
     def contiguous(self) -> StandIn:
         return self
 
+    def __getitem__(self, index) -> StandIn:
+        return self  # a view of the same storage: only its address and dtype are read
+
     def to(self, dtype: torch.dtype) -> StandIn:
         return StandIn(dtype, self.shape, self.address)
 
@@ -269,7 +272,16 @@ def candidate_plans(plan: Plan, every: bool) -> Iterator[tuple[str, Plan]]:
         yield f"candidate {k}", dataclasses.replace(plan, forward=(f,), backward=(b,))
 
 
-def run(archs: list[str], settings: list[str], problems, every: bool) -> list[dict[str, Any]]:
+def run(
+    archs: list[str],
+    settings: list[str],
+    problems,
+    every: bool,
+    kernels: set[str] | None = None,
+    echo: bool = True,
+) -> list[dict[str, Any]]:
+    """Compile and measure the launches of each (arch, setting, problem); ``kernels`` keeps only
+    the launches of those kernels."""
     rows = []
     for arch in archs:
         for setting in settings:
@@ -280,6 +292,8 @@ def run(archs: list[str], settings: list[str], problems, every: bool) -> list[di
                 seen = set()
                 for label, variant in candidate_plans(plan, every):
                     for launch in record_step(variant):
+                        if kernels is not None and launch.name not in kernels:
+                            continue
                         key = (launch.name, json.dumps(launch.kwargs, sort_keys=True, default=str))
                         if label != "default" and key in seen:
                             continue
@@ -288,7 +302,8 @@ def run(archs: list[str], settings: list[str], problems, every: bool) -> list[di
                         row.update(arch=arch, setting=setting, views=problem.views, n=problem.n,
                                    d=problem.d, rows=plan.rows, which=label)  # fmt: skip
                         rows.append(row)
-                        print(_line(row), flush=True)
+                        if echo:
+                            print(_line(row), flush=True)
     return rows
 
 

@@ -52,6 +52,30 @@ def _packed_hint(views: Sequence[object]) -> str:
     return ""
 
 
+def check_gather_distributed(gather_distributed: bool | str) -> None:
+    """``gather_distributed`` is False (local), True (gather) or "sharded"."""
+    if isinstance(gather_distributed, str):
+        if gather_distributed != "sharded":
+            raise ValueError(
+                f"gather_distributed must be False, True or 'sharded', got {gather_distributed!r}"
+            )
+    elif not isinstance(gather_distributed, bool):
+        raise TypeError(
+            "gather_distributed must be a bool or the string 'sharded', got "
+            f"{type(gather_distributed).__name__}"
+        )
+
+
+def check_sharded_backend(gather_distributed: bool | str, backend: str) -> None:
+    """The sharded mode runs on the PyTorch path for now: refuse ``backend="triton"``."""
+    if gather_distributed == "sharded" and backend == "triton":
+        raise ValueError(
+            "gather_distributed='sharded' runs on the PyTorch path for now (the Triton kernels "
+            "compute the whole S of one batch, not one rank's rows against the global batch); "
+            "use backend='auto' or backend='torch'"
+        )
+
+
 def check_views(views: Sequence[Tensor]) -> None:
     """At least two views, each a 2-D floating tensor of the same shape, dtype and device,
     with N >= 2 samples and D >= 2 features."""

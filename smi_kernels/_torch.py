@@ -100,6 +100,52 @@ def positive_pairs(
     return torch.stack(rho_rows), torch.stack(minus_rows), torch.stack(plus_rows), pairs
 
 
+def alignment_terms(
+    zh: Tensor, projected: Tensor, eps: float, need_grad: bool
+) -> tuple[Tensor, Tensor | None, list[tuple[int, int]]]:
+    """``(L_align, dL_align/drho of each positive pair or None, the pairs u < v)``.
+
+    The positives (views u < v of one sample) lie in the rows of one batch, so this is all of
+    L_align whatever other rows S has (the sharded mode computes it on each rank's own rows).
+    """
+    rho_pos, one_minus_rho, one_plus_rho, pairs = positive_pairs(zh, projected)
+    t_pos = one_minus_rho * one_plus_rho + eps  # 1 - rho^2 + eps, no cancellation
+    m_pos = -0.5 * torch.log(t_pos)
+    align = ((1.0 - m_pos) ** 2).sum()
+    align_grad = -2.0 * (1.0 - m_pos) * rho_pos / t_pos if need_grad else None
+    return align, align_grad, pairs
+
+
+def log_dependency(rho: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(log t, t)`` with ``t = 1 - rho^2 + eps`` for a block of clamped rho: ``m = -log(t) / 2``.
+
+    ``log t = log1p(eps - rho^2)``: t is near 1 for most entries, and rounding t to the ulp of 1
+    first would cost the small m their relative accuracy.
+    """
+    x = torch.addcmul(torch.full_like(rho, eps), rho, rho, value=-1.0)
+    log_t = torch.log1p(x)
+    t = x.add_(1.0)
+    return log_t, t
+
+
+def add_alignment_gradient(
+    dzh: Tensor, zh: Tensor, a: Tensor, pairs: Sequence[tuple[int, int]]
+) -> None:
+    """``dzh[u] += a_k zh[v]`` and ``dzh[v] += a_k zh[u]`` for each pair k = (u, v), in place;
+    ``a`` is (pairs, N, 1), the incoming gradient already folded in."""
+    for k, (u, v) in enumerate(pairs):
+        dzh[u].addcmul_(a[k], zh[v])
+        dzh[v].addcmul_(a[k], zh[u])
+
+
+def standardize_rows_backward(zh: Tensor, s: Tensor, projected: Tensor, dzh: Tensor) -> Tensor:
+    """``dz = (dzh - mean_k dzh - [projected] zh (zh . dzh)) / s`` for rows (R, D); ``s`` and
+    ``projected`` are (R,). Overwrites ``dzh``."""
+    radial = torch.where(projected, torch.linalg.vecdot(zh, dzh), 0.0)
+    dz = dzh.sub_(dzh.mean(-1, keepdim=True)).addcmul_(zh, radial.unsqueeze(-1), value=-1)
+    return dz.div_(s.unsqueeze(-1))
+
+
 def refuse_double_backward() -> None:
     """Raise when a backward runs with grad mode on (``create_graph=True``): the backward works
     on saved tensors that carry no graph, so its own derivative would silently be missing."""
@@ -158,10 +204,7 @@ class _SMIFunction(torch.autograd.Function):
         z = torch.stack([view.to(dtype) for view in views])  # (V, N, D)
         zh, s, projected = standardize_rows(z)
 
-        rho_pos, one_minus_rho, one_plus_rho, pairs = positive_pairs(zh, projected)
-        t_pos = one_minus_rho * one_plus_rho + eps  # 1 - rho^2 + eps, no cancellation
-        m_pos = -0.5 * torch.log(t_pos)
-        align = ((1.0 - m_pos) ** 2).sum()
+        align, align_grad, pairs = alignment_terms(zh, projected, eps, need_grad)
 
         p = v_count * n
         zh_flat = zh.view(p, d)
@@ -170,11 +213,7 @@ class _SMIFunction(torch.autograd.Function):
         g_sym = zh.new_empty((p, p)) if need_grad else None
         for u, v in blocks:
             block = torch.mm(zh[u], zh[v].T).clamp_(-1.0, 1.0)  # rho, N x N
-            # log t = log1p(eps - rho^2): t is near 1 for most entries, and rounding t to the
-            # ulp of 1 first would cost the small m their relative accuracy
-            x = torch.addcmul(torch.full_like(block, eps), block, block, value=-1.0)
-            log_t = torch.log1p(x)
-            t = x.add_(1.0)
+            log_t, t = log_dependency(block, eps)
             # sum of m^2 = sum (log t)^2 / 4 over the off-diagonal; the diagonal is p = q (self)
             # or the positive pairs (cross), neither of which is a redundancy term
             log_t.diagonal().zero_()
@@ -193,7 +232,6 @@ class _SMIFunction(torch.autograd.Function):
         ctx.pairs = pairs
         ctx.input_dtype = views[0].dtype
         if need_grad:
-            align_grad = -2.0 * (1.0 - m_pos) * rho_pos / t_pos  # dL_align/drho^{uv}_i
             ctx.save_for_backward(zh_flat, s.view(p), projected.view(p), g_sym, align_grad)
         return out
 
@@ -215,15 +253,9 @@ class _SMIFunction(torch.autograd.Function):
 
         dzh = torch.mm(g_sym, zh_flat).mul_(c_red).view(v_count, n, d)
         zh = zh_flat.view(v_count, n, d)
-        a = (c_align * align_grad).unsqueeze(-1)  # (pairs, N, 1)
-        for k, (u, v) in enumerate(ctx.pairs):
-            dzh[u].addcmul_(a[k], zh[v])
-            dzh[v].addcmul_(a[k], zh[u])
-        dzh = dzh.view(p, d)
-
-        radial = torch.where(projected, torch.linalg.vecdot(zh_flat, dzh), 0.0)
-        dz = dzh.sub_(dzh.mean(-1, keepdim=True)).addcmul_(zh_flat, radial.unsqueeze(-1), value=-1)
-        dz = dz.div_(s.unsqueeze(-1)).to(ctx.input_dtype).view(v_count, n, d)
+        add_alignment_gradient(dzh, zh, (c_align * align_grad).unsqueeze(-1), ctx.pairs)
+        dz = standardize_rows_backward(zh_flat, s, projected, dzh.view(p, d))
+        dz = dz.to(ctx.input_dtype).view(v_count, n, d)
         grads = [dz[k] if ctx.needs_input_grad[3 + k] else None for k in range(v_count)]
         return (None, None, None, *grads)
 

@@ -6,6 +6,12 @@ backward of the gather sums, over ranks, the gradient each rank computed for thi
 DistributedDataParallel
 then averages parameter gradients over ranks, so each parameter receives exactly ``dL/dtheta`` of
 one process that sees the whole batch.
+
+The plumbing of ``gather_distributed="sharded"`` (see :mod:`smi_kernels.sharded`) lives here too:
+:func:`check_same_shapes` (one small all-gather a call, so that uneven inputs raise the same
+``ValueError`` on every rank instead of hanging in a collective) and
+:class:`ProcessGroupCommunicator`, the all-gather and all-reduce that mode needs, without
+gradients (its autograd function differentiates by hand).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from smi_kernels._checks import FLOAT_DTYPES
 
 
 def is_distributed() -> bool:
@@ -52,3 +60,60 @@ def gather_with_gradient(local: Tensor) -> Tensor:
 def gather_views(views: Sequence[Tensor]) -> list[Tensor]:
     """Every view gathered from all ranks: the global batch, row i of each view still paired."""
     return [gather_with_gradient(view) for view in views]
+
+
+def require_process_group(mode: str) -> None:
+    """Raise ``RuntimeError`` when no default process group is initialised (``mode`` names the
+    setting that needs one, e.g. ``"gather_distributed='sharded'"``)."""
+    if not is_distributed():
+        raise RuntimeError(
+            f"{mode} needs an initialised torch.distributed process group "
+            "(call torch.distributed.init_process_group first)"
+        )
+
+
+def all_gather_stacked(local: Tensor) -> Tensor:
+    """``local`` from every rank, stacked in rank order: shape (W, *local.shape), no gradient."""
+    out = local.new_empty((dist.get_world_size(), *local.shape))
+    dist.all_gather(list(out.unbind(0)), local.contiguous())
+    return out
+
+
+def check_same_shapes(views: Sequence[Tensor], mode: str = "gather_distributed='sharded'") -> None:
+    """Raise ``ValueError`` on every rank unless all ranks hold the same number of views, the same
+    (N, D) and the same dtype. One all-gather of four integers (and a host synchronisation)."""
+    first = views[0]
+    code = FLOAT_DTYPES.index(first.dtype) if first.dtype in FLOAT_DTYPES else -1
+    local = torch.tensor([len(views), *first.shape, code], dtype=torch.int64, device=first.device)
+    shapes = [tuple(row) for row in all_gather_stacked(local).tolist()]
+    if all(row == shapes[0] for row in shapes):
+        return
+
+    def describe(rank: int, row: tuple[int, ...]) -> str:
+        v_count, n, d, dtype = row
+        name = FLOAT_DTYPES[dtype] if dtype >= 0 else "another dtype"
+        return f"rank {rank}: {v_count} views of ({n}, {d}) {name}"
+
+    raise ValueError(
+        f"{mode} needs the same number of views, the same (N, D) per view and the same dtype on "
+        "every rank (the global batch is the ranks' batches stacked); got "
+        + "; ".join(describe(rank, row) for rank, row in enumerate(shapes))
+    )
+
+
+class ProcessGroupCommunicator:
+    """The default process group as seen by :mod:`smi_kernels.sharded`: this rank, the world
+    size, an all-gather that stacks in rank order and a summing all-reduce (no gradients)."""
+
+    def __init__(self) -> None:
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+
+    def all_gather(self, local: Tensor) -> Tensor:
+        """(W, *local.shape): ``local`` of every rank in rank order."""
+        return all_gather_stacked(local)
+
+    def all_reduce(self, values: Tensor) -> Tensor:
+        """The sum of ``values`` over ranks (in place)."""
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values

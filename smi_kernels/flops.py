@@ -15,6 +15,13 @@ V views of shape (N, D), P = V N stacked rows (SPEC section 2 and 4):
     VICReg                  2 N D^2                the two D x D covariances
     NT-Xent                 3 N^2 D                the AB, AA, BB similarity blocks
 
+Per rank under torch.distributed, W ranks of n samples per view, P_local = V n,
+P_global = W P_local (:func:`distributed_macs`; forward and backward):
+
+    local    (no gather)    P_local^2 D / 2,  P_local^2 D     the fused counts of the local batch
+    gather   (=True)        P_global^2 D / 2, P_global^2 D    the whole global S on every rank
+    sharded  ("sharded")    P_local P_global D, twice         this rank's rows of S, all columns
+
 Nothing here touches a device: these are integers from shapes. :func:`fvcore_handles` gives
 fvcore the fused op's cost, since fvcore cannot see inside a Triton kernel.
 
@@ -81,6 +88,55 @@ def ntxent_macs(n: int, d: int) -> int:
     """MACs of the NT-Xent forward as written with three blocks: ``3 N^2 D`` (AB, AA, BB)."""
     _check(n, d)
     return 3 * n * n * d
+
+
+DISTRIBUTED_MODES = ("local", "gather", "sharded")
+
+
+def sharded_forward_macs(n_local: int, d: int, world: int, views: int = 2) -> int:
+    """MACs of one rank's sharded forward: ``P_local P_global D`` (its band of S).
+
+    That is ``P_global^2 D / W``: 1/W of the full square, 2/W of gather mode's fused triangle
+    (the band's entries between two ranks are formed on both, so that the backward needs no
+    gradient communication; see :mod:`smi_kernels.sharded`).
+    """
+    _check(n_local, d, views)
+    if world < 1:
+        raise ValueError(f"world must be positive, got {world}")
+    p_local = views * n_local
+    return p_local * world * p_local * d
+
+
+def sharded_backward_macs(n_local: int, d: int, world: int, views: int = 2) -> int:
+    """MACs of one rank's sharded backward: ``P_local P_global D`` (``G[R_r, :] Z``), exactly 1/W
+    of gather mode's ``G_sym Z``."""
+    return sharded_forward_macs(n_local, d, world, views)
+
+
+def distributed_macs(
+    n_local: int, d: int, world: int, views: int = 2, mode: str = "sharded"
+) -> tuple[int, int]:
+    """``(forward, backward)`` MACs on one rank of W with ``n_local`` samples per view.
+
+    ``mode``: "local" (each rank its own batch), "gather" (the global batch whole on every rank,
+    fused counts) or "sharded" (each rank its rows of the global S).
+
+    Example:
+        >>> from smi_kernels.flops import distributed_macs
+        >>> [sum(distributed_macs(256, 8192, 8, mode=m)) / 1e9 for m in ("gather", "sharded")]
+        [206.158430208, 34.359738368]
+    """
+    if mode == "local":
+        return fused_forward_macs(n_local, d, views), fused_backward_macs(n_local, d, views)
+    if mode == "gather":
+        n = world * n_local
+        return fused_forward_macs(n, d, views), fused_backward_macs(n, d, views)
+    if mode == "sharded":
+        return (
+            sharded_forward_macs(n_local, d, world, views),
+            sharded_backward_macs(n_local, d, world, views),
+        )
+    raise ValueError(f"mode must be one of {DISTRIBUTED_MODES}, got {mode!r}")
 
 
 def flop_formula_forward(z_shape: Sequence[int], *args: Any, **kwargs: Any) -> int:

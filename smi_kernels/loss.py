@@ -126,13 +126,16 @@ def _smi(
     eps: float,
     backend: str,
     check_finite: bool,
-    gather_distributed: bool,
+    gather_distributed: bool | str,
 ) -> SMIOutput:
     _checks.check_hyperparameters(lambda_param, eps)
+    _checks.check_gather_distributed(gather_distributed)
+    _checks.check_backend(backend)
+    _checks.check_sharded_backend(gather_distributed, backend)
     _checks.check_views(views)
     if check_finite:
         _checks.check_finite_views(views)
-    if gather_distributed:
+    if gather_distributed is True:
         from smi_kernels.distributed import gather_views
 
         views = gather_views(views)
@@ -141,6 +144,12 @@ def _smi(
         # like torch.matmul under autocast: the Gram runs in the autocast dtype, with float32
         # accumulation and a float32 loss
         views = [view.to(amp_dtype) for view in views]
+    if gather_distributed == "sharded":
+        # the PyTorch path on every device for now ("auto" included; "triton" was refused above)
+        from smi_kernels.sharded import smi_sharded
+
+        out = smi_sharded(views, float(lambda_param), float(eps))
+        return SMIOutput(out[0], out[1], out[2])
     chosen = resolve_backend(backend, views)
     if chosen == "triton":
         from smi_kernels._triton.op import smi_triton
@@ -157,7 +166,7 @@ def smi_loss(
     eps: float = 1e-4,
     backend: str = "auto",
     check_finite: bool = False,
-    gather_distributed: bool = False,
+    gather_distributed: bool | str = False,
 ) -> Tensor:
     """SMI loss of two or more views, a scalar.
 
@@ -168,7 +177,13 @@ def smi_loss(
         eps: keeps ``m(rho) = -1/2 log(1 - rho^2 + eps)`` finite at rho = +-1 (default 1e-4).
         backend: "auto" (Triton on CUDA, PyTorch elsewhere), "torch" or "triton".
         check_finite: raise ``ValueError`` on NaN/Inf input instead of returning NaN.
-        gather_distributed: compute the loss on the batch gathered from every rank.
+        gather_distributed: False (default): the local batch, no communication. True: the
+            loss of the batch gathered from every rank, computed whole on each rank.
+            "sharded": the same global loss and gradients, each rank computing only its own
+            rows of S against the global batch (3W/4 times fewer multiply-adds per rank than
+            True with W ranks; PyTorch path for now, so backend="triton" is refused and "auto"
+            runs it on the PyTorch path). Both global modes need an initialised process group
+            and a backward on every rank.
 
     Returns:
         The loss: float64 for float64 views, float32 otherwise (half inputs accumulate in
@@ -189,7 +204,7 @@ def smi_loss_with_terms(
     eps: float = 1e-4,
     backend: str = "auto",
     check_finite: bool = False,
-    gather_distributed: bool = False,
+    gather_distributed: bool | str = False,
 ) -> SMIOutput:
     """``SMIOutput(loss, alignment, redundancy)`` from one pass; all three are differentiable.
 
@@ -221,9 +236,11 @@ class SMILoss(nn.Module):
     Args:
         lambda_param: redundancy weight, >= 0 (default 5e-3).
         eps: stabiliser of the transform, > 0 (default 1e-4).
-        gather_distributed: all-gather the views from every rank (with gradients) and compute
-            the loss on the global batch. Default False: each rank uses its local batch, the
-            paper's setting, with no communication.
+        gather_distributed: False (default): each rank uses its local batch, the paper's
+            setting, with no communication. True: all-gather the views from every rank (with
+            gradients) and compute the loss of the global batch on every rank. "sharded": the
+            same global loss and gradients, each rank computing only its own rows of S against
+            the global batch (see ``smi_kernels.sharded``; PyTorch path for now).
         backend: "auto" | "torch" | "triton".
         check_finite: raise on NaN/Inf input (costs a device synchronisation).
 
@@ -239,16 +256,18 @@ class SMILoss(nn.Module):
         self,
         lambda_param: float = 5e-3,
         eps: float = 1e-4,
-        gather_distributed: bool = False,
+        gather_distributed: bool | str = False,
         backend: str = "auto",
         check_finite: bool = False,
     ) -> None:
         super().__init__()
         _checks.check_hyperparameters(lambda_param, eps)
         _checks.check_backend(backend)
+        _checks.check_gather_distributed(gather_distributed)
+        _checks.check_sharded_backend(gather_distributed, backend)
         self.lambda_param = float(lambda_param)
         self.eps = float(eps)
-        self.gather_distributed = bool(gather_distributed)
+        self.gather_distributed = gather_distributed
         self.backend = backend
         self.check_finite = bool(check_finite)
 
@@ -270,5 +289,5 @@ class SMILoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"lambda_param={self.lambda_param}, eps={self.eps}, "
-            f"gather_distributed={self.gather_distributed}, backend={self.backend!r}"
+            f"gather_distributed={self.gather_distributed!r}, backend={self.backend!r}"
         )

@@ -15,6 +15,12 @@ PyTorch path:
     G (P x P) saved, plus one N x N block and its transform temporaries, the previous
     block's still alive while the next is computed (6 N^2 b, followed op by op)
     backward: dzh and dz                         2 P D b
+Sharded mode (PyTorch path, per rank; n samples per view, P_local = V n, P_global = W P_local):
+    stacked input, zh, one temporary             3 P_local D b
+    gathered zh (saved)                          P_global D b
+    G band (saved)                               P_local P_global b, only with a gradient
+    one n x P_global slab of S and its transform 4 n P_global b
+    backward: dzh and dz                         2 P_local D b
 
 The check runs before either path allocates: on CUDA it compares the forward's new allocations
 with the free device memory plus what PyTorch's caching allocator holds unused; on the CPU with
@@ -122,6 +128,32 @@ def _host_available_bytes() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, OSError, ValueError):
         return None
+
+
+def sharded_estimate(
+    n_local: int, d: int, views: int, world: int, dtype: torch.dtype, need_grad: bool
+) -> MemoryEstimate:
+    """Bytes on one rank of ``gather_distributed="sharded"`` (PyTorch path): its band of G
+    (P_local x P_global) and the gathered zh (P_global x D), never the global S or G.
+
+    Example:
+        >>> import torch
+        >>> from smi_kernels.memory import sharded_estimate
+        >>> sharded_estimate(256, 8192, 2, 8, torch.float32, True).gradient_matrix / 2**20
+        8.0
+    """
+    compute = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+    b, a = _sizes(compute)
+    p_local = views * n_local
+    p_global = world * p_local
+    return MemoryEstimate(
+        stacked_input=p_local * d * b,
+        standardized=2 * p_local * d * b + p_global * d * b,
+        gradient_matrix=p_local * p_global * b if need_grad else 0,
+        partials=4 * n_local * p_global * b,
+        vectors=(2 * p_local + views * views * n_local) * a,
+        backward=2 * p_local * d * b if need_grad else 0,
+    )
 
 
 def available_bytes(device: torch.device) -> int | None:

@@ -20,7 +20,9 @@ import smi_kernels._triton.op as op
 from reference.smi import smi_loss_terms
 from smi_kernels import smi_loss, smi_loss_with_terms
 from smi_kernels._triton import configs
-from smi_kernels._triton.gram import packed_tile_index
+from smi_kernels._triton.gram import packed_tile_index, triangle_tile
+from smi_kernels._triton.op import segments
+from smi_kernels._triton.plan import INTERPRETER_SMS, make_plan
 
 LAMBDA, EPS = 5e-3, 1e-4
 TOLERANCE = {
@@ -118,8 +120,12 @@ def test_no_grad_stores_no_g() -> None:
     with torch.no_grad():
         loss = smi_loss(a, b, backend="triton")
     assert loss.grad_fn is None
-    outputs = torch.ops.smi_kernels.smi_forward(torch.stack([a, b]).detach(), LAMBDA, EPS, False)
-    assert outputs[6].numel() == 0 and outputs[7].numel() == 0
+    z = torch.stack([a, b]).detach()
+    out, workspace = torch.ops.smi_kernels.smi_forward(z, LAMBDA, EPS, False)
+    plan = make_plan("interpreter", INTERPRETER_SMS, 2, 6, 10, torch.float32, "highest", False)
+    assert "g" not in plan.segments and workspace.numel() == plan.workspace_bytes
+    with_grad = make_plan("interpreter", INTERPRETER_SMS, 2, 6, 10, torch.float32, "highest", True)
+    assert with_grad.workspace_bytes > plan.workspace_bytes
 
 
 def test_bitwise_deterministic() -> None:
@@ -135,19 +141,23 @@ def test_bitwise_deterministic() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_every_output_element_is_written(monkeypatch, dtype: torch.dtype) -> None:
-    """Buffers start as NaN: a single element the kernels forget to write shows up."""
+@pytest.mark.parametrize("shape", [(2, 9, 45), (2, 40, 70)], ids=lambda s: "V{}-N{}-D{}".format(*s))
+def test_every_output_element_is_written(monkeypatch, shape, dtype: torch.dtype) -> None:
+    """Buffers start as all-ones bytes (NaN in every float dtype): a single element the kernels
+    forget to write shows up. The shapes take the split-K path and the two-halves tiles."""
 
     def poisoned(shape, dtype, device):
-        return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
+        fill = 255 if dtype == torch.uint8 else float("nan")
+        return torch.full(tuple(shape), fill, dtype=dtype, device=device)
 
     monkeypatch.setattr(op, "_allocate", poisoned)
-    views = make_views(3, 19, 45, dtype, seed=2)
-    outputs = torch.ops.smi_kernels.smi_forward(torch.stack(views).detach(), LAMBDA, EPS, True)
-    for name, tensor in zip(
-        ("out", "zh", "s", "projected", "rho", "a", "g", "radial"), outputs, strict=True
-    ):
-        assert torch.isfinite(tensor).all(), name
+    v, n, d = shape
+    views = make_views(v, n, d, dtype, seed=2)
+    out, workspace, plan = op.forward([x.detach() for x in views], LAMBDA, EPS, True)
+    assert plan.split > 1 or plan.halves == 2
+    assert torch.isfinite(out).all()
+    for name in plan.segments:
+        assert torch.isfinite(segments(workspace, plan)[name]).all(), name
     loss = smi_loss(*views, backend="triton")
     grads = torch.autograd.grad(loss, views)
     assert all(torch.isfinite(g).all() for g in grads)
@@ -230,35 +240,105 @@ def test_packed_tile_index_is_64_bit() -> None:
     """The offset arithmetic of the packed G buffer does not wrap at 2^31."""
 
     @triton.jit
-    def probe(out_ptr, pb, qb, num_blocks, BLOCK: tl.constexpr):
-        tile = packed_tile_index(pb, qb, num_blocks)
+    def probe(out_ptr, pb, qb, BLOCK: tl.constexpr):
+        tile = packed_tile_index(pb, qb)
         tl.store(out_ptr, tile * (BLOCK * BLOCK))
 
-    device = DEVICE
-    for pb, qb, nb, block in [(0, 0, 1, 16), (3, 7, 9, 32), (40000, 40001, 50000, 128)]:
-        out = torch.zeros(1, dtype=torch.int64, device=device)
-        probe[(1,)](out, pb, qb, nb, BLOCK=block)
-        expected = (pb * nb - pb * (pb - 1) // 2 + (qb - pb)) * block * block
-        assert expected > 2**31 or nb < 50000
+    for pb, qb, block in [(0, 0, 16), (3, 7, 32), (40000, 40001, 128)]:
+        out = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+        probe[(1,)](out, pb, qb, BLOCK=block)
+        expected = (qb * (qb + 1) // 2 + pb) * block * block
         assert int(out.item()) == expected
+    assert expected > 2**31
+
+
+def test_triangle_tiles_cover_the_upper_triangle_once() -> None:
+    """Program t -> tile (pb, qb): every upper tile exactly once, numbered column by column,
+    up to 46,000 blocks a side (2^30 tiles; the float square root is corrected exactly)."""
+
+    @triton.jit
+    def probe(out_ptr, first, COUNT: tl.constexpr):
+        t = first + tl.arange(0, COUNT)
+        pb, qb = triangle_tile(t)
+        tl.store(out_ptr + 2 * tl.arange(0, COUNT), pb)
+        tl.store(out_ptr + 2 * tl.arange(0, COUNT) + 1, qb)
+
+    for first, count in [(0, 64), (46000 * 46001 // 2 - 64, 64), (123456789, 64)]:
+        out = torch.zeros(2 * count, dtype=torch.int32, device=DEVICE)
+        probe[(1,)](out, first, COUNT=count)
+        pairs = out.view(count, 2).tolist()
+        for k, (pb, qb) in enumerate(pairs):
+            assert 0 <= pb <= qb and qb * (qb + 1) // 2 + pb == first + k
 
 
 def test_every_table_row_shares_one_tile_size() -> None:
-    """Forward, stored G and backward use one BLOCK, so autotuning may not change it."""
-    for arch in ("sm80", "sm90", "interpreter"):
-        for rows in (2, 512, 1025, 4096, 4097, 1 << 20):
-            for dtype in (torch.float32, torch.bfloat16):
-                forward, backward = configs.candidates(arch, rows, dtype)
-                assert len({c.BLOCK for c in forward}) == 1
-                assert forward and backward
+    """Forward, stored G and backward use one BLOCK, so autotuning may not change it; every
+    autotune candidate's K step divides the padded width of the row's default."""
+    for arch in ("sm80", "sm90"):
+        for kind in configs.ARITHMETIC:
+            for row in configs.table_rows(arch, kind):
+                assert len({c.BLOCK for c in row.forward}) == 1
+                assert row.forward and row.backward
+                for c in row.backward:
+                    assert c.BLOCK_Q <= row.forward[0].BLOCK
+                    assert row.forward[0].BLOCK % c.BLOCK_Q == 0
+    for row in configs.table_rows("interpreter", "any"):
+        assert len({c.BLOCK for c in row.forward}) == 1
+
+
+@pytest.mark.parametrize("layout", ["chunks", "reversed", "strided", "five-views", "stacked"])
+def test_views_are_read_where_they_lie(layout: str) -> None:
+    """The standardisation reads each view at its own address: chunks of one tensor, a view
+    allocated before view 0 (negative offset), non-contiguous views, more than four views."""
+    gen = torch.Generator().manual_seed(7)
+    n, d = 9, 21
+    if layout == "chunks":
+        views = list(torch.randn(2 * n, d, generator=gen, dtype=torch.float64).chunk(2))
+    elif layout == "reversed":
+        b = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        a = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        views = [a, b]
+    elif layout == "strided":
+        views = [torch.randn(d, n, generator=gen, dtype=torch.float64).T for _ in range(3)]
+    elif layout == "five-views":
+        views = [torch.randn(n, d, generator=gen, dtype=torch.float64) for _ in range(5)]
+    else:
+        views = list(torch.randn(4, n, d, generator=gen, dtype=torch.float64).unbind(0))
+    views = [view.requires_grad_() for view in views]
+    check_against_reference(views, TOLERANCE[torch.float64])
+
+
+def test_eager_and_custom_op_entries_agree_bitwise() -> None:
+    """The eager autograd function and the torch.library op run the same launches."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    views = make_views(2, 11, 30, torch.float32, seed=12)
+    eager = smi_loss_with_terms(*views, backend="triton")
+    eager_grads = torch.autograd.grad(eager.loss, views)
+    with FlopCounterMode(display=False):  # a dispatch mode: the custom op runs
+        traced = smi_loss_with_terms(*views, backend="triton")
+        traced_grads = torch.autograd.grad(traced.loss, views)
+    for x, y in zip((*eager, *eager_grads), (*traced, *traced_grads), strict=True):
+        assert torch.equal(x, y)
 
 
 def test_memory_check_refuses_before_allocating(monkeypatch) -> None:
     from smi_kernels import memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1024)
+    monkeypatch.setattr(op, "_CHECKED", set())
     views = make_views(2, 8, 16, torch.float32, seed=0)
     with pytest.raises(torch.OutOfMemoryError, match="GiB"):
+        smi_loss(*views, backend="triton")
+
+
+def test_allocation_failure_is_explained(monkeypatch) -> None:
+    def failing(shape, dtype, device):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(op, "_allocate", failing)
+    views = make_views(2, 8, 16, torch.float32, seed=0)
+    with pytest.raises(torch.OutOfMemoryError, match="workspace"):
         smi_loss(*views, backend="triton")
 
 

@@ -57,15 +57,20 @@ def row_epilogue(
     V: tl.constexpr,
     BLOCK_D: tl.constexpr,
     WIDTH: tl.constexpr,
+    EVEN_D: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
 ):
     """dz of columns db BLOCK_D + col0 .. + WIDTH of the row block, from acc = (G_sym Z) there."""
     acc_dtype = acc.dtype
     offs_d = db * BLOCK_D + col0 + tl.arange(0, WIDTH)
     row_ok = offs_p < P
-    col_ok = (offs_d < D)[None, :]
     view_p = offs_p // N
     sample_p = offs_p - view_p * N
+    # zh has D_pad columns, zeros after D: its loads need a column mask only past D_pad
+    if EVEN_D:
+        load_cols = tl.full((1, WIDTH), 1, tl.int1)
+    else:
+        load_cols = (offs_d < D_pad)[None, :]
     dzh = acc * c_red_scaled
     for v in tl.static_range(V):
         pair_ok = row_ok & (view_p != v)
@@ -73,18 +78,20 @@ def row_epilogue(
         partner = (v * N + sample_p).to(tl.int64)
         z_v = tl.load(
             zh_ptr + partner[:, None] * D_pad + offs_d[None, :],
-            mask=pair_ok[:, None] & col_ok,
+            mask=pair_ok[:, None] & load_cols,
             other=0.0,
         )
         dzh += (c_align * a)[:, None] * z_v.to(acc_dtype)
-    mask = row_ok[:, None] & col_ok
     zh_p = tl.load(
-        zh_ptr + offs_p.to(tl.int64)[:, None] * D_pad + offs_d[None, :], mask=mask, other=0.0
+        zh_ptr + offs_p.to(tl.int64)[:, None] * D_pad + offs_d[None, :],
+        mask=row_ok[:, None] & load_cols,
+        other=0.0,
     )
     dz = (dzh - (projected * radial)[:, None] * zh_p.to(acc_dtype)) / s[:, None]
-    rows = view_p.to(tl.int64) * view_stride + sample_p.to(tl.int64) * D
+    # dz has D_pad columns too (aligned rows, no column mask; its padding is zero)
+    rows = view_p.to(tl.int64) * view_stride + sample_p.to(tl.int64) * D_pad
     out = dz_ptr + rows[:, None] + offs_d[None, :]
-    tl.store(out, to_storage(dz, dz_ptr.dtype.element_ty, EMULATE_RTNE), mask=mask)
+    tl.store(out, to_storage(dz, dz_ptr.dtype.element_ty, EMULATE_RTNE), mask=row_ok[:, None] & load_cols)
 
 
 @triton.jit
@@ -97,7 +104,7 @@ def gram_backward_kernel(
     rho_ptr,  # (V, V, N)
     align_grad_ptr,  # (V, V, N)
     grad_out_ptr,  # (3,): g_L, g_align, g_red
-    dz_ptr,  # view 0 of dz (V views of (N, D), view u at u * view_stride)
+    dz_ptr,  # (V, N, D_pad) out, view u at u * view_stride
     view_stride,
     P,
     N,
@@ -176,12 +183,12 @@ def gram_backward_kernel(
     c_red_scaled = c_red * inv_g_scale
     row_epilogue(
         acc0, 0, offs_p, db, zh_ptr, rho_ptr, align_grad_ptr, dz_ptr, view_stride, radial, s,
-        projected, c_align, c_red_scaled, P, N, D, D_pad, V, BLOCK_D, WIDTH, EMULATE_RTNE,
+        projected, c_align, c_red_scaled, P, N, D, D_pad, V, BLOCK_D, WIDTH, EVEN_D, EMULATE_RTNE,
     )  # fmt: skip
     if HALVES == 2:
         row_epilogue(
             acc1, WIDTH, offs_p, db, zh_ptr, rho_ptr, align_grad_ptr, dz_ptr, view_stride, radial,
-            s, projected, c_align, c_red_scaled, P, N, D, D_pad, V, BLOCK_D, WIDTH, EMULATE_RTNE,
+            s, projected, c_align, c_red_scaled, P, N, D, D_pad, V, BLOCK_D, WIDTH, EVEN_D, EMULATE_RTNE,
         )  # fmt: skip
 
 

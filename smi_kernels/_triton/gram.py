@@ -47,7 +47,7 @@ def log1p(x, one_plus_x):
 @triton.jit
 def triangle_tile(t):
     """(pb, qb) of upper tile t, numbered column by column: t = qb (qb + 1) / 2 + pb."""
-    qb = ((tl.sqrt_rn((8 * t + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
+    qb = ((tl.sqrt_rn(8.0 * t.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int32)
     # the float square root may land one off either way: correct it exactly
     qb = tl.where((qb + 1) * (qb + 2) // 2 <= t, qb + 1, qb)
     qb = tl.where(qb * (qb + 1) // 2 > t, qb - 1, qb)

@@ -19,7 +19,9 @@ Two entries reach the same host functions:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 import torch
 import triton
 from torch import Tensor
@@ -93,7 +95,9 @@ def emulate_rtne(plan: Plan) -> bool:
     return interpreting(plan) and plan.dtype == torch.bfloat16
 
 
+@functools.lru_cache(maxsize=64)
 def g_scale(dtype: torch.dtype, eps: float) -> float:
+    """The power of two G is stored times (float16 only, see _math.float16_gradient_scale)."""
     return float16_gradient_scale(eps) if dtype == torch.float16 else 1.0
 
 
@@ -158,7 +162,6 @@ def standardize_options(plan: Plan) -> dict:
         "V_BLOCK": triton.next_power_of_2(plan.views),
         "BLOCK_D": block,
         "SINGLE_PASS": single,
-        "STACKED": plan.views > MAX_VIEWS_IN_PLACE,
         "EMULATE_RTNE": emulate_rtne(plan),
     }
     if not interpreting(plan):
@@ -168,12 +171,13 @@ def standardize_options(plan: Plan) -> dict:
 
 
 def view_offsets(views: Sequence[Tensor]) -> tuple[Tensor, list[int], int]:
-    """``(view 0, [offsets of views 1..3], view_stride)``: where the views lie, in elements from
-    view 0. More than ``MAX_VIEWS_IN_PLACE`` views are stacked first (then view_stride is used)."""
-    if len(views) > MAX_VIEWS_IN_PLACE:
+    """``(base, [offsets of views 1..3], view_stride)``: where the views lie, in elements from
+    view 0 (``base``). Contiguous views are read in place; more than ``MAX_VIEWS_IN_PLACE`` views,
+    or a non-contiguous one, are stacked into one buffer first (``base`` then owns it, and
+    view_stride is used), so every address stays valid while the kernel reads it."""
+    if len(views) > MAX_VIEWS_IN_PLACE or not all(view.is_contiguous() for view in views):
         z = torch.stack(list(views))
         return z, [0, 0, 0], z.shape[1] * z.shape[2]
-    views = [view if view.is_contiguous() else view.contiguous() for view in views]
     base = views[0].data_ptr()
     size = views[0].element_size()
     offsets = [(view.data_ptr() - base) // size for view in views[1:]]
@@ -199,6 +203,53 @@ def _allocate_workspace(plan: Plan, device: torch.device) -> Tensor:
         ) from error
 
 
+@dataclass(frozen=True, eq=False)
+class Launches:
+    """Grids, kernels and keyword arguments of every launch of a plan (computed once per plan)."""
+
+    standardize: tuple[tuple[int, ...], dict]
+    forward: tuple[object, tuple[int, ...], dict]
+    epilogue: tuple[tuple[int, ...], dict] | None
+    finalize: tuple[tuple[int, ...], dict]
+    backward: tuple[object, tuple[int, ...], dict] | None
+
+
+@functools.lru_cache(maxsize=256)
+def launches(plan: Plan, autotune: bool) -> Launches:
+    """The launches of ``plan`` (``autotune``: SMI_KERNELS_AUTOTUNE is set)."""
+    del autotune  # part of the cache key: the launchers read it
+    common = {"NEED_GRAD": plan.need_grad, "EMULATE_RTNE": emulate_rtne(plan)}
+    kernel, options = forward_launcher(plan)
+    forward_options = {"BLOCK": plan.block, "HALVES": plan.halves, "SPLIT": plan.split,
+                       "INPUT_PRECISION": plan.precision, "WIDEN_DOT": widen_dot(plan),
+                       **common, **options}  # fmt: skip
+    epilogue = None
+    if plan.split > 1:
+        epilogue = ((plan.tiles,), {"BLOCK": plan.block, "HALVES": plan.halves,
+                                    "SPLIT": plan.split, **common,
+                                    **_compile_options(plan.forward[0], plan)})  # fmt: skip
+    radial_programs = triton.cdiv(plan.rows_pad, RADIAL_BLOCK) if plan.need_grad else 0
+    finalize_options = {"BLOCK": finalize_block(max(plan.tiles, plan.n)), "BLOCK_R": RADIAL_BLOCK}
+    if not interpreting(plan):
+        finalize_options["enable_fp_fusion"] = True
+    finalize = ((1 + radial_programs,), finalize_options)
+    backward = None
+    if plan.need_grad:
+        kernel_b, options_b = backward_launcher(plan)
+        grid = (plan.num_blocks * triton.cdiv(plan.d, plan.backward[0].BLOCK_D),)
+        options_b = {"V": plan.views, "BLOCK": plan.block, "HALVES": plan.backward_halves,
+                     "INPUT_PRECISION": plan.precision, "WIDEN_DOT": widen_dot(plan),
+                     "EMULATE_RTNE": emulate_rtne(plan), **options_b}  # fmt: skip
+        backward = (kernel_b, grid, options_b)
+    return Launches(
+        standardize=((plan.n + plan.rows_pad - plan.rows,), standardize_options(plan)),
+        forward=(kernel, (plan.tiles * plan.split,), forward_options),
+        epilogue=epilogue,
+        finalize=finalize,
+        backward=backward,
+    )
+
+
 def forward(
     views: Sequence[Tensor], lambda_param: float, eps: float, need_grad: bool
 ) -> tuple[Tensor, Tensor, Plan]:
@@ -222,41 +273,36 @@ def launch_forward(
     eps: float,
 ) -> None:
     """The forward launches of ``plan`` into ``workspace`` and ``out``."""
+    run = launches(plan, configs.autotune_enabled())
     seg = segments(workspace, plan)
-    z0, offsets, view_stride = view_offsets(views)
+    base, offsets, view_stride = view_offsets(views)
     p, n = plan.rows, plan.n
-    standardize_kernel[(n + plan.rows_pad - p,)](
-        z0, offsets[0], offsets[1], offsets[2], view_stride,
+    grid, options = run.standardize
+    standardize_kernel[grid](
+        base, offsets[0], offsets[1], offsets[2], view_stride,
         seg["zh"], seg["s"], seg["projected"], seg["rho"], seg["align_grad"], seg["align"],
-        n, plan.d, plan.d_pad, p, eps,
-        **standardize_options(plan),
+        n, plan.d, plan.d_pad, p, eps, STACKED=view_stride != 0, **options,
     )  # fmt: skip
-    kernel, options = forward_launcher(plan)
     scratch = seg["red"]  # a placeholder pointer for buffers a launch does not write
     g = seg["g"] if plan.need_grad else scratch
     slots = seg["radial_slots"] if plan.need_grad else scratch
     partial = seg["split_partial"] if plan.split > 1 else scratch
-    common = {"NEED_GRAD": plan.need_grad, "EMULATE_RTNE": emulate_rtne(plan)}
     scale = g_scale(plan.dtype, eps)
-    kernel[(plan.tiles * plan.split,)](
+    kernel, grid, options = run.forward
+    kernel[grid](
         seg["zh"], g, seg["red"], slots, partial,
-        p, plan.rows_pad, n, plan.d_pad, plan.tiles, plan.k_per_split, eps, scale,
-        BLOCK=plan.block, HALVES=plan.halves, SPLIT=plan.split, INPUT_PRECISION=plan.precision,
-        WIDEN_DOT=widen_dot(plan), **common, **options,
+        p, plan.rows_pad, n, plan.d_pad, plan.tiles, plan.k_per_split, eps, scale, **options,
     )  # fmt: skip
-    if plan.split > 1:
-        gram_epilogue_kernel[(plan.tiles,)](
-            g, seg["red"], slots, partial,
-            p, plan.rows_pad, n, plan.tiles, eps, scale,
-            BLOCK=plan.block, HALVES=plan.halves, SPLIT=plan.split, **common,
-            **_compile_options(plan.forward[0], plan),
-        )  # fmt: skip
-    radial_programs = triton.cdiv(plan.rows_pad, RADIAL_BLOCK) if plan.need_grad else 0
+    if run.epilogue is not None:
+        grid, options = run.epilogue
+        gram_epilogue_kernel[grid](
+            g, seg["red"], slots, partial, p, plan.rows_pad, n, plan.tiles, eps, scale, **options
+        )
     radial = seg["radial"] if plan.need_grad else scratch
-    finalize_kernel[(1 + radial_programs,)](
+    grid, options = run.finalize
+    finalize_kernel[grid](
         seg["red"], plan.tiles, seg["align"], n, out, slots, radial, plan.num_blocks,
-        plan.rows_pad, lambda_param,
-        BLOCK=finalize_block(max(plan.tiles, n)), BLOCK_R=RADIAL_BLOCK,
+        plan.rows_pad, lambda_param, **options,
     )  # fmt: skip
 
 
@@ -264,24 +310,19 @@ def backward(
     grad_out: Tensor, workspace: Tensor, plan: Plan, lambda_param: float, eps: float
 ) -> Tensor:
     """dz (V, N, D) from the forward's workspace and the gradient of (L, L_align, L_red)."""
-    device = workspace.device
-    dz = _allocate((plan.views, plan.n, plan.d), plan.dtype, device)
+    # rows of D_pad: aligned, unmasked stores; the caller sees the (V, N, D) view
+    dz = _allocate((plan.views, plan.n, plan.d_pad), plan.dtype, workspace.device)
     if grad_out.dtype != plan.accumulator or not grad_out.is_contiguous():
         grad_out = grad_out.to(plan.accumulator).contiguous()
     seg = segments(workspace, plan)
-    kernel, options = backward_launcher(plan)
-    block_d = plan.backward[0].BLOCK_D
-    grid = (plan.num_blocks * triton.cdiv(plan.d, block_d),)
+    kernel, grid, options = launches(plan, configs.autotune_enabled()).backward
     kernel[grid](
         seg["zh"], seg["s"], seg["projected"], seg["g"], seg["radial"], seg["rho"],
-        seg["align_grad"], grad_out, dz, plan.n * plan.d,
+        seg["align_grad"], grad_out, dz, plan.n * plan.d_pad,
         plan.rows, plan.n, plan.d, plan.d_pad, plan.num_blocks, lambda_param,
-        1.0 / g_scale(plan.dtype, eps),
-        V=plan.views, BLOCK=plan.block, HALVES=plan.backward_halves, INPUT_PRECISION=plan.precision,
-        WIDEN_DOT=widen_dot(plan), EMULATE_RTNE=emulate_rtne(plan),
-        **options,
+        1.0 / g_scale(plan.dtype, eps), **options,
     )  # fmt: skip
-    return dz
+    return dz if plan.d_pad == plan.d else dz[..., : plan.d]
 
 
 # ---------------------------------------------------------------- eager entry
@@ -414,15 +455,20 @@ def _smi_backward_flops(grad_shape, workspace_shape, z_shape, *args, **kwargs) -
     return 2 * flops.fused_backward_macs(n, d, views=v)
 
 
-def _eager() -> bool:
-    """True when the autograd function can run directly: not tracing, no dispatch mode."""
-    return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+def _eager(device: torch.device) -> bool:
+    """True when the autograd function can run directly: real tensors (not meta), not tracing,
+    no dispatch mode (FlopCounterMode, FakeTensorMode, ...)."""
+    return (
+        device.type != "meta"
+        and not torch.compiler.is_compiling()
+        and torch._C._len_torch_dispatch_stack() == 0
+    )
 
 
 def smi_triton(views: Sequence[Tensor], lambda_param: float, eps: float) -> Tensor:
     """``(L, L_align, L_red)`` by the Triton kernels, differentiable in every view."""
     need_grad = torch.is_grad_enabled() and any(view.requires_grad for view in views)
-    if _eager():
+    if _eager(views[0].device):
         return _SMITriton.apply(lambda_param, eps, need_grad, *views)
     z = torch.stack(list(views))
     return torch.ops.smi_kernels.smi_forward(z, lambda_param, eps, need_grad)[0]

@@ -80,50 +80,50 @@ class Plan:
     segments: dict[str, Segment]
     workspace_bytes: int
 
-    @property
+    @functools.cached_property
     def rows(self) -> int:
         """P = V N."""
         return self.views * self.n
 
-    @property
+    @functools.cached_property
     def block(self) -> int:
         return self.forward[0].BLOCK
 
-    @property
+    @functools.cached_property
     def halves(self) -> int:
         """Column halves the kernels hold an output tile in: 2 from 128-wide tiles on the GPU (the
         epilogue of a whole 128 x 128 tile spills registers), else 1; the interpreter's larger
         tiles (32) take 2 as well, so that the tests run both forms."""
         return 2 if self.block >= (32 if self.arch == "interpreter" else 128) else 1
 
-    @property
+    @functools.cached_property
     def backward_halves(self) -> int:
         """Column halves of the backward's output tile: as ``halves``, for BLOCK_D."""
         wide = 32 if self.arch == "interpreter" else 128
-        return 2 if self.backward[0].BLOCK_D >= wide and self.block >= wide else 1
+        return 2 if self.backward[0].BLOCK_D >= wide else 1
 
-    @property
+    @functools.cached_property
     def num_blocks(self) -> int:
         return math.ceil(self.rows / self.block)
 
-    @property
+    @functools.cached_property
     def rows_pad(self) -> int:
         return self.num_blocks * self.block
 
-    @property
+    @functools.cached_property
     def tiles(self) -> int:
         return self.num_blocks * (self.num_blocks + 1) // 2
 
-    @property
+    @functools.cached_property
     def accumulator(self) -> torch.dtype:
         return accumulator(self.dtype)
 
-    @property
+    @functools.cached_property
     def storage(self) -> torch.dtype:
         """dtype of zh and G: the input dtype."""
         return self.dtype
 
-    @property
+    @functools.cached_property
     def precision(self) -> str:
         """``input_precision`` of tl.dot: tf32 for the tensor-core classes, ieee otherwise
         (Triton leaves 16-bit operands as they are under "tf32")."""

@@ -1,0 +1,270 @@
+"""Global-batch SMI with the work sharded over the ranks: ``gather_distributed="sharded"``.
+
+The same loss and gradients as ``gather_distributed=True`` (SPEC section 5), but each rank
+computes only the rows of S that belong to its own samples, against all columns, instead of the
+whole S of the global batch on every rank.
+
+Setting. W ranks, each with V views of shape (n, D) (n = N_local). The global batch is the ranks'
+batches stacked in rank order, view by view, as in gather mode: global sample ``g = r n + i``.
+``P_local = V n`` rows per rank, ``P_global = W P_local`` in all.
+
+What is gathered: the standardised rows zh, in the compute dtype (float32 for half inputs).
+Standardisation is per row, so each rank standardises its own rows once (nothing is communicated
+for it, and its backward stays local); the rows arrive exactly as their owner computed them (the
+all-gather copies, it does not round), so an entry of S is the same dot product of the same two
+unit rows that gather mode forms, up to the summation order of the matrix product. Gathering
+the raw views instead would make every rank standardise all P_global rows (W-fold redundant
+element-wise work, the thing this mode removes) and would save bandwidth only for half inputs
+(2 bytes a value against zh's 4); sending zh in a half type would add a rounding of about 4e-3 to
+every S_pq, which gather mode does not have.
+
+The math (symbols of SPEC.md section 2). Column order: the gathered zh is (W, V, n, D), so
+column ``c = r' P_local + v n + j`` (rank-major; with W = 1 this is the SPEC's ``p = u N + i``).
+Rank r owns the rows ``R_r = [r P_local, (r + 1) P_local)`` and computes the band
+
+    S_r = Z[R_r] Z^T                       (P_local x P_global, one n x P_global slab per view)
+
+Every term of L is a symmetric function of one entry, so
+``L = sum_{p<q} f_pq(S_pq) = 1/2 sum_{p != q} f_pq(S_pq)`` and the rank's share
+
+    L_r = 1/2 sum_{p in R_r} sum_{q != p} f_pq(S_pq),        sum_r L_r = L
+
+needs nothing but its band: each unordered pair is counted twice over the ranks (from the row
+of p and from the row of q), with weight 1/2. By term:
+
+    alignment   the positives (views u < v of sample g) are both rows of g's owner, and the two
+                halves of each add up: L_align,r = sum_{u<v} sum_{i local} (1 - m(rho^{uv}_i))^2,
+                the local-mode alignment with its accurate 1 -+ rho (positive_pairs)
+    redundancy  L_red,r = sum_u sum_{i local} sum_c w_{u v(c)} m(S_{(u,i) c})^2 over the columns c
+                other than ``r P_local + v n + i`` (the row itself for v = u, its positives for
+                v != u), with w = 1 within a view (a self matrix holds both orders of each pair)
+                and w = 1/2 across views
+
+and the rank's output is the global ``(L, L_align, L_red)``: the shares summed by an all-reduce
+(every rank returns the same numbers, for logging).
+
+Backward. Row p enters L only through row and column p of S, and S_pq = S_qp, so
+
+    dL/dzh_p = sum_q G_pq zh_q,        G = dL/dS (the SPEC's G, symmetric: 2 m m' across views,
+                                       4 m m' within a view, 0 on the diagonal and the positives)
+
+and for the rows of R_r everything on the right is on rank r: G from its band, zh_q from the
+gather. So rank r computes the gradient of the *global* loss with respect to its own rows with
+no communication of gradients:
+
+    dzh[R_r] = c_red G[R_r, :] Z + c_align (the local positives' terms)      P_local P_global D MACs
+    dz       = the row-standardisation backward, locally
+
+Differentiating only the share L_r and sending the remote rows' part back (a reduce-scatter)
+gives the same numbers: rank r's row terms give 1/2 G[R_r, :] Z, and the column terms of every
+rank (its own included) the other half. That would cost every rank another P_local P_global D
+multiply-adds (``G_r^T Z[R_r]``) plus a P_global x D reduce-scatter; the local formula needs
+neither. What it needs instead is the incoming gradient of every rank (gloo and NCCL both have
+reduce-scatter; it is not used here).
+
+Gradient convention (as gather mode, see :mod:`smi_kernels.distributed`): rank r' receives the
+incoming gradient ``c_r'`` of its outputs (L, L_align, L_red); gather mode hands rank r's rows
+``sum_r' c_r' dL/dz_r``. The backward all-reduces the three numbers ``c_r'`` and applies the
+local formula with ``c = sum_r' c_r'``, which is that sum for any ``c_r'``. With ``loss.backward()``
+on every rank it is ``W dL/dz_r``, and DDP's average gives each parameter the gradient of one
+process that sees the whole batch. Every rank must run the backward (it is a collective), as in
+gather mode.
+
+Cost per rank, V views: forward ``P_local P_global D`` MACs (``P_global^2 D / W``: 1/W of the
+full square S, 2/W of the fused triangle ``P_global^2 D / 2`` that gather mode's Triton forward
+computes; the band's entries between two ranks are formed on both), backward
+``P_local P_global D`` (exactly 1/W of gather mode's ``G_sym Z``). Memory: the G band
+(P_local x P_global) and the gathered zh (P_global x D); S exists one n x P_global slab at a
+time. Communication: one all-gather of zh (P_global x D) and three small collectives (the shape
+check, the shares, the incoming gradients). An exact 1/W forward would need each pair of rank
+blocks formed on one rank only, and then G blocks or gradient rows sent between ranks in the
+backward.
+
+The backend seam: :func:`redundancy_band` (local zh, gathered zh, row offset -> share of L_red
+and the G band) and :func:`band_gradient` (G band, gathered zh -> G band Z) are what a Triton
+path with rectangular kernels would replace; everything else (standardisation, positives,
+communication, the autograd function) stays. Until then the mode runs on the PyTorch path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from smi_kernels._torch import (
+    add_alignment_gradient,
+    alignment_terms,
+    autocast_disabled,
+    compute_dtype,
+    log_dependency,
+    refuse_double_backward,
+    smi_torch,
+    standardize_rows,
+    standardize_rows_backward,
+)
+
+MODE = "gather_distributed='sharded'"
+
+
+class Communicator(Protocol):
+    """What the sharded mode needs from a process group (no gradients flow through it)."""
+
+    rank: int
+    world_size: int
+
+    def all_gather(self, local: Tensor) -> Tensor:
+        """(W, *local.shape): ``local`` of every rank, in rank order."""
+        ...
+
+    def all_reduce(self, values: Tensor) -> Tensor:
+        """The sum of ``values`` over the ranks."""
+        ...
+
+
+def redundancy_band(
+    zh: Tensor, zh_all: Tensor, row_offset: int, eps: float, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """This rank's share of L_red, and its band of G (or None without a gradient).
+
+    Args:
+        zh: the local standardised rows, (V, n, D).
+        zh_all: every rank's zh stacked in rank order, (P_global, D); rows
+            ``[row_offset, row_offset + V n)`` are ``zh``.
+        row_offset: ``rank * V * n``, where this rank's rows start among the columns.
+        eps: the stabiliser of m.
+        need_grad: also return ``G[R_r, :] = dL_red/dS`` (P_local x P_global).
+    """
+    v_count, n, _ = zh.shape
+    p_local = v_count * n
+    p_global = zh_all.shape[0]
+    world = p_global // p_local
+    red = zh.new_zeros(())
+    g_band = zh.new_empty((p_local, p_global)) if need_grad else None
+    for u in range(v_count):
+        slab = torch.mm(zh[u], zh_all.T).clamp_(-1.0, 1.0)  # rho of rows (u, i), n x P_global
+        log_t, t = log_dependency(slab, eps)
+        # m = 0 where there is no redundancy term: the row itself (v = u) and its positives
+        # (v != u), columns row_offset + v n + i
+        own = log_t[:, row_offset : row_offset + p_local].view(n, v_count, n)
+        own.diagonal(dim1=0, dim2=2).zero_()
+        # share: sum of m^2 = (log t)^2 / 4, weight 1 on the columns of view u, 1/2 elsewhere
+        same_view = log_t.view(n, world, v_count, n)[:, :, u]
+        flat = log_t.view(-1)
+        red = red + (torch.dot(flat, flat) + same_view.square().sum()) * 0.125
+        if g_band is not None:
+            # G_pq = w 2 m m' = -w log(t) rho / t, w = 2 within a view, 1 across views
+            rows = g_band[u * n : (u + 1) * n]
+            torch.mul(log_t, slab, out=rows).div_(t).neg_()
+            rows.view(n, world, v_count, n)[:, :, u].mul_(2.0)
+    return red, g_band
+
+
+def band_gradient(g_band: Tensor, zh_all: Tensor) -> Tensor:
+    """``G[R_r, :] Z``: dL_red/dzh of this rank's rows, (P_local, D)."""
+    return torch.mm(g_band, zh_all)
+
+
+class _ShardedSMIFunction(torch.autograd.Function):
+    """Returns the global vector ``(L, L_align, L_red)`` in the compute dtype; the gradient reaches
+    this rank's views only (``sum over ranks of their incoming gradients`` times dL/dz_local)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, lambda_param: float, eps: float, need_grad: bool, comm: Communicator, *views: Tensor
+    ) -> Tensor:
+        with autocast_disabled(views[0].device.type):
+            return _ShardedSMIFunction._forward(ctx, lambda_param, eps, need_grad, comm, views)
+
+    @staticmethod
+    def _forward(
+        ctx,
+        lambda_param: float,
+        eps: float,
+        need_grad: bool,
+        comm: Communicator,
+        views: Sequence[Tensor],
+    ) -> Tensor:
+        v_count = len(views)
+        n, d = views[0].shape
+        p_local = v_count * n
+        dtype = compute_dtype(views[0].dtype)
+
+        z = torch.stack([view.to(dtype) for view in views])  # (V, n, D)
+        zh, s, projected = standardize_rows(z)
+        align, align_grad, pairs = alignment_terms(zh, projected, eps, need_grad)
+
+        zh_all = comm.all_gather(zh).view(comm.world_size * p_local, d)
+        red, g_band = redundancy_band(zh, zh_all, comm.rank * p_local, eps, need_grad)
+
+        align_total, red_total = comm.all_reduce(torch.stack([align, red])).unbind()
+        out = torch.stack([align_total + lambda_param * red_total, align_total, red_total])
+        ctx.lambda_param = lambda_param
+        ctx.pairs = pairs
+        ctx.comm = comm
+        ctx.input_dtype = views[0].dtype
+        if need_grad:
+            ctx.save_for_backward(
+                zh.view(p_local, d), s.view(p_local), projected.view(p_local), g_band, zh_all,
+                align_grad,
+            )  # fmt: skip
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        refuse_double_backward()
+        with autocast_disabled(grad_out.device.type):
+            return _ShardedSMIFunction._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        zh_flat, s, projected, g_band, zh_all, align_grad = ctx.saved_tensors
+        # c = sum over ranks of the incoming gradients: the gather-mode convention for any c_r
+        total = ctx.comm.all_reduce(grad_out.detach().clone(memory_format=torch.contiguous_format))
+        g_loss, g_align, g_red = total.unbind()
+        c_align = g_loss + g_align
+        c_red = ctx.lambda_param * g_loss + g_red
+        p_local, d = zh_flat.shape
+        v_count = len(ctx.needs_input_grad) - 4
+        n = p_local // v_count
+
+        dzh = band_gradient(g_band, zh_all).mul_(c_red).view(v_count, n, d)
+        zh = zh_flat.view(v_count, n, d)
+        add_alignment_gradient(dzh, zh, (c_align * align_grad).unsqueeze(-1), ctx.pairs)
+        dz = standardize_rows_backward(zh_flat, s, projected, dzh.view(p_local, d))
+        dz = dz.to(ctx.input_dtype).view(v_count, n, d)
+        grads = [dz[k] if ctx.needs_input_grad[4 + k] else None for k in range(v_count)]
+        return (None, None, None, None, *grads)
+
+
+def smi_sharded(
+    views: Sequence[Tensor],
+    lambda_param: float,
+    eps: float,
+    comm: Communicator | None = None,
+) -> Tensor:
+    """The global ``(L, L_align, L_red)`` with this rank's share of the work, differentiable in
+    this rank's views (gradient convention of gather mode).
+
+    Without ``comm`` the default process group is used: it must be initialised; with one rank
+    this is the local PyTorch path itself (bitwise the local mode); otherwise the ranks' views
+    must agree in count, shape and dtype (checked, ``ValueError`` on every rank). A ``comm``
+    (anything with ``rank``, ``world_size``, ``all_gather``, ``all_reduce``) runs the sharded
+    computation as given, with no checks: tests use it to play one rank in a single process.
+
+    Example (on every rank of an initialised process group):
+        >>> from smi_kernels import smi_loss  # doctest: +SKIP
+        >>> loss = smi_loss(z_a, z_b, gather_distributed="sharded")  # doctest: +SKIP
+    """
+    if comm is None:
+        from smi_kernels import distributed
+
+        distributed.require_process_group(MODE)
+        if torch.distributed.get_world_size() == 1:
+            return smi_torch(views, lambda_param, eps)
+        distributed.check_same_shapes(views, MODE)
+        comm = distributed.ProcessGroupCommunicator()
+    need_grad = torch.is_grad_enabled() and any(view.requires_grad for view in views)
+    return _ShardedSMIFunction.apply(lambda_param, eps, need_grad, comm, *views)
