@@ -419,96 +419,6 @@ def explain(rows: Sequence[dict[str, Any]], n: int, d: int, devices: int) -> str
     return text
 
 
-# --- per-rank cost of the distributed modes (smi_kernels.flops.distributed_macs) -------------
-
-DISTRIBUTED_MODES = (
-    ("local", "False", "none"),
-    ("gather", "True", "all-gather of z; all-reduce of dz (P_global x D) in the backward"),
-    (
-        "sharded",
-        "'sharded'",
-        "all-gather of zh; three tiny collectives (shapes, shares, incoming gradients)",
-    ),
-)
-
-
-def distributed_rows(n: int, d: int, devices: int, views: int = 2) -> list[dict[str, Any]]:
-    """Per-rank multiply-adds of SMI's three distributed modes, the global batch of ``n`` per
-    view split over ``devices`` ranks (cost model: fused counts for local and gather, the band
-    P_local x P_global for sharded)."""
-    local_n = n // devices
-    gather_total = sum(cost_model.distributed_macs(local_n, d, devices, views, mode="gather"))
-    rows = []
-    for mode, flag, communication in DISTRIBUTED_MODES:
-        forward, backward = cost_model.distributed_macs(local_n, d, devices, views, mode=mode)
-        rows.append(
-            {
-                "mode": mode,
-                "gather_distributed": flag,
-                "batch": "local" if mode == "local" else "global",
-                "forward_macs": forward,
-                "backward_macs": backward,
-                "total_macs": forward + backward,
-                "gather_over_mode": gather_total / (forward + backward),
-                "communication": communication,
-            }
-        )
-    return rows
-
-
-def format_distributed_table(
-    rows: Sequence[dict[str, Any]], n: int, d: int, devices: int, wide: bool = False
-) -> str:
-    """The distributed rows as a text table, with a line on what it shows; the communication
-    goes under the table unless ``wide``, to keep within 100 columns."""
-    from tabulate import tabulate
-
-    body = [
-        [
-            row["mode"],
-            row["gather_distributed"],
-            row["batch"],
-            f"{row['forward_macs'] / GIGA:.4f}",
-            f"{row['backward_macs'] / GIGA:.4f}",
-            f"{row['total_macs'] / GIGA:.4f}",
-            f"{row['gather_over_mode']:.2f}",
-        ]
-        + ([row["communication"]] if wide else [])
-        for row in rows
-    ]
-    headers = [
-        "mode",
-        "gather_\ndistributed",
-        "loss of",
-        "forward\nGMACs/rank",
-        "backward\nGMACs/rank",
-        "fwd+bwd\nGMACs/rank",
-        "gather /\nmode",
-    ] + (["communication per step"] if wide else [])
-    table = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
-    communication = (
-        ""
-        if wide
-        else "Communication per step:\n"
-        + "\n".join(f"  {row['mode']:<8} {row['communication']}" for row in rows)
-        + "\n\n"
-    )
-    title = (
-        f"Per-rank multiply-adds of the distributed modes: {n} samples per view over {devices} "
-        f"ranks of {n // devices}, D = {d}, two views (smi_kernels.flops.distributed_macs)"
-    )
-    closing = (
-        "gather and sharded compute the same global-batch loss and gradients; sharded computes "
-        "only each rank's rows of S against all columns (forward 1/W of the full square S, 2/W "
-        "of gather's upper triangle; backward exactly 1/W of gather's G_sym Z)."
-    )
-    return (
-        "\n".join(textwrap.wrap(title, 100))
-        + f"\n\n{table}\n\n{communication}"
-        + "\n".join(textwrap.wrap(closing, 100))
-    )
-
-
 def _missing_requirements() -> list[str]:
     return [name for name in ("fvcore", "tabulate") if importlib.util.find_spec(name) is None]
 
@@ -552,6 +462,89 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             'installs: pip install -e ".[bench]" (or ".[dev]")\n',
         )
     return args
+
+
+# --- per-rank cost of the distributed modes (smi_kernels.flops.distributed_macs) -------------
+
+DISTRIBUTED_MODES = (
+    ("local", "False", "none"),
+    ("gather", "True", "all-gather of z; all-reduce of dz (P_global x D) in the backward"),
+    (
+        "sharded",
+        "'sharded'",
+        "all-gather of zh; three tiny collectives (shapes, shares, incoming gradients)",
+    ),
+)
+
+
+def distributed_rows(n: int, d: int, devices: int, views: int = 2) -> list[dict[str, Any]]:
+    """Per-rank multiply-adds of SMI's three distributed modes, the global batch of ``n`` per
+    view split over ``devices`` ranks (cost model: fused counts for local and gather, the band
+    P_local x P_global for sharded)."""
+    local_n = n // devices
+    gather_total = sum(cost_model.distributed_macs(local_n, d, devices, views, mode="gather"))
+    rows = []
+    for mode, flag, communication in DISTRIBUTED_MODES:
+        forward, backward = cost_model.distributed_macs(local_n, d, devices, views, mode=mode)
+        rows.append(
+            {
+                "mode": mode,
+                "gather_distributed": flag,
+                "batch": "local" if mode == "local" else "global",
+                "forward_macs": forward,
+                "backward_macs": backward,
+                "total_macs": forward + backward,
+                "gather_over_mode": gather_total / (forward + backward),
+                "communication": communication,
+            }
+        )
+    return rows
+
+
+def format_distributed_table(
+    rows: Sequence[dict[str, Any]], n: int, d: int, devices: int, wide: bool = False
+) -> str:
+    """The distributed rows as a text table, with a line on what it shows (the communication
+    column only with ``wide``: the table stays within 100 columns by default)."""
+    from tabulate import tabulate
+
+    body = [
+        [
+            row["mode"],
+            row["gather_distributed"],
+            row["batch"],
+            f"{row['forward_macs'] / GIGA:.4f}",
+            f"{row['backward_macs'] / GIGA:.4f}",
+            f"{row['total_macs'] / GIGA:.4f}",
+            f"{row['gather_over_mode']:.2f}",
+        ]
+        + ([row["communication"]] if wide else [])
+        for row in rows
+    ]
+    headers = [
+        "mode",
+        "gather_\ndistributed",
+        "loss of",
+        "forward\nGMACs/rank",
+        "backward\nGMACs/rank",
+        "fwd+bwd\nGMACs/rank",
+        "gather /\nmode",
+    ] + (["communication per step"] if wide else [])
+    table = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+    intro = (
+        f"Per-rank multiply-adds of the distributed modes: {n} samples per view over {devices} "
+        f"ranks of {n // devices}, D = {d}, two views (smi_kernels.flops.distributed_macs)"
+    )
+    outro = (
+        "gather and sharded compute the same global-batch loss and gradients; sharded computes "
+        "only each rank's rows of S against all columns (forward 1/W of the full square S, 2/W "
+        "of gather's upper triangle; backward exactly 1/W of gather's G_sym Z)."
+    )
+    return (
+        "\n".join(textwrap.wrap(intro, 100))
+        + f"\n\n{table}\n\n"
+        + "\n".join(textwrap.wrap(outro, 100))
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

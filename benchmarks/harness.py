@@ -68,10 +68,12 @@ def _smi_triton(z_a: Tensor, z_b: Tensor) -> Tensor:
 
 
 def _smi_fused_any_device(z_a: Tensor, z_b: Tensor) -> Tensor:
-    # the op itself, for tracing on the meta device (smi_loss picks its backend from the device)
-    from smi_kernels._triton.op import smi_triton
-
-    return smi_triton([z_a, z_b], 5e-3, 1e-4)[0]  # (L, L_align, L_red) -> L
+    # the custom op itself, for tracing on the meta device: smi_loss picks its backend from the
+    # device, and smi_triton takes the op only under a dispatch mode (fvcore's jit tracer is not)
+    z = torch.stack([z_a, z_b])
+    need_grad = torch.is_grad_enabled() and (z_a.requires_grad or z_b.requires_grad)
+    out = torch.ops.smi_kernels.smi_forward(z, 5e-3, 1e-4, need_grad)[0]  # (L, L_align, L_red)
+    return out[0]
 
 
 # Gather layer and global batch norm as in the official training code: Barlow Twins all-reduces

@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from smi_kernels._triton import configs, op  # noqa: E402
+from smi_kernels._triton import op  # noqa: E402
 from smi_kernels._triton.plan import Plan, make_plan  # noqa: E402
 
 #: per-architecture limits (CUDA programming guide, compute capabilities 8.0 and 9.0)
@@ -122,13 +122,19 @@ def recording() -> Iterator[list[Launch]]:
     def record(self, *args, grid, warmup, **kwargs):
         launches.append(Launch(self, tuple(grid), args, dict(kwargs)))
 
+    def stack(tensors):  # more than four views are stacked into one buffer first
+        first = tensors[0]
+        return StandIn(first.dtype, (len(tensors), *first.shape), 1 << 26)
+
     triton.runtime.jit.JITFunction.run = record
     op._allocate = lambda shape, dtype, device: StandIn(dtype, tuple(shape), 1 << 24)
+    torch_stack, torch.stack = torch.stack, stack
     try:
         yield launches
     finally:
         triton.runtime.jit.JITFunction.run = jit_run
         op._allocate = allocate
+        torch.stack = torch_stack
 
 
 def record_step(plan: Plan) -> list[Launch]:
@@ -250,9 +256,14 @@ class Problem:
     d: int
 
 
-#: one problem per row of the config table (P <= 1024 and above), plus a width that is not a
-#: multiple of 16
-PROBLEMS = (Problem(2, 256, 8192), Problem(2, 2048, 8192), Problem(2, 2048, 1000))
+#: one problem per row of the config table (P <= 1024 and above), a width that is not a
+#: multiple of 16, and four views (the standardisation's chunked, multi-pass form)
+PROBLEMS = (
+    Problem(2, 256, 8192),
+    Problem(2, 2048, 8192),
+    Problem(2, 2048, 1000),
+    Problem(4, 256, 8192),
+)
 QUICK_PROBLEMS = (Problem(2, 256, 8192), Problem(2, 2048, 8192), Problem(2, 2048, 1000))
 
 
@@ -364,8 +375,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, int]:
         "default_with_spills": sum(
             r["compiles"] and (r["spill_stores"] or r["spill_loads"]) > 0 for r in defaults
         ),
-        "with_spills": sum(r["compiles"] and (r["spill_stores"] or r["spill_loads"]) > 0
-                           for r in rows),  # fmt: skip
+        "with_spills": sum(
+            r["compiles"] and (r["spill_stores"] or r["spill_loads"]) > 0 for r in rows
+        ),
     }
 
 
@@ -377,8 +389,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--arch", nargs="+", default=list(LIMITS), choices=list(LIMITS))
     parser.add_argument("--setting", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--quick", action="store_true", help="default configs only")
-    parser.add_argument("--write", action="store_true",
-                        help="write benchmarks/results/compile/triton-<version>.{md,json}")  # fmt: skip
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="write benchmarks/results/compile/triton-<version>.{md,json}",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "compile")
     return parser.parse_args(argv)
 
@@ -402,10 +417,10 @@ def main(argv=None) -> int:
     if args.write:
         args.out.mkdir(parents=True, exist_ok=True)
         stem = args.out / f"triton-{triton.__version__}"
-        stem.with_suffix(".md").write_text(markdown(rows, header))
+        Path(f"{stem}.md").write_text(markdown(rows, header))
         payload = {"triton": triton.__version__, "torch": torch.__version__,
                    "seconds": elapsed, "totals": totals, "rows": rows}  # fmt: skip
-        stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
+        Path(f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str))
         print(f"wrote {stem}.md and .json")
     bad = totals["fail_to_compile"] + totals["over_shared_memory"] + totals["default_with_spills"]
     return 1 if bad else 0

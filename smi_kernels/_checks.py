@@ -30,28 +30,6 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-SEPARATE_ARGUMENTS = (
-    "; the views go in as separate arguments: loss_fn(z_a, z_b), or loss_fn(*views) for a "
-    "list or tuple of views"
-)
-
-
-def _packed_hint(views: Sequence[object]) -> str:
-    """What to say when the views came packed in one argument (a list, a tuple, or one tensor
-    of stacked views), the usual way to end up with a single view."""
-    if len(views) != 1:
-        return ""
-    packed = views[0]
-    if isinstance(packed, (list, tuple)):
-        return f" (one {type(packed).__name__} of {len(packed)} items){SEPARATE_ARGUMENTS}"
-    if isinstance(packed, Tensor) and packed.dim() == 3:
-        return (
-            f" (one 3-D tensor of shape {tuple(packed.shape)}); stacked views go in as "
-            "separate arguments: loss_fn(*z.unbind(0)), and a list of views as loss_fn(*views)"
-        )
-    return ""
-
-
 def check_gather_distributed(gather_distributed: bool | str) -> None:
     """``gather_distributed`` is False (local), True (gather) or "sharded"."""
     if isinstance(gather_distributed, str):
@@ -74,6 +52,28 @@ def check_sharded_backend(gather_distributed: bool | str, backend: str) -> None:
             "compute the whole S of one batch, not one rank's rows against the global batch); "
             "use backend='auto' or backend='torch'"
         )
+
+
+SEPARATE_ARGUMENTS = (
+    "; the views go in as separate arguments: loss_fn(z_a, z_b), or loss_fn(*views) for a "
+    "list or tuple of views"
+)
+
+
+def _packed_hint(views: Sequence[object]) -> str:
+    """What to say when the views came packed in one argument (a list, a tuple, or one tensor
+    of stacked views), the usual way to end up with a single view."""
+    if len(views) != 1:
+        return ""
+    packed = views[0]
+    if isinstance(packed, (list, tuple)):
+        return f" (one {type(packed).__name__} of {len(packed)} items){SEPARATE_ARGUMENTS}"
+    if isinstance(packed, Tensor) and packed.dim() == 3:
+        return (
+            f" (one 3-D tensor of shape {tuple(packed.shape)}); stacked views go in as "
+            "separate arguments: loss_fn(*z.unbind(0)), and a list of views as loss_fn(*views)"
+        )
+    return ""
 
 
 def check_views(views: Sequence[Tensor]) -> None:

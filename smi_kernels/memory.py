@@ -114,22 +114,6 @@ def torch_estimate(
     )
 
 
-def _host_available_bytes() -> int | None:
-    """Memory the operating system can give a new allocation: ``MemAvailable`` (Linux), else
-    the free physical pages; None where neither is known."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # the kernel reports kB
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
 def sharded_estimate(
     n_local: int, d: int, views: int, world: int, dtype: torch.dtype, need_grad: bool
 ) -> MemoryEstimate:
@@ -154,6 +138,22 @@ def sharded_estimate(
         vectors=(2 * p_local + views * views * n_local) * a,
         backward=2 * p_local * d * b if need_grad else 0,
     )
+
+
+def _host_available_bytes() -> int | None:
+    """Memory the operating system can give a new allocation: ``MemAvailable`` (Linux), else
+    the free physical pages; None where neither is known."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the kernel reports kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def available_bytes(device: torch.device) -> int | None:

@@ -18,10 +18,10 @@ pytest.importorskip("triton")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import host_overhead  # noqa: E402
+import host_overhead
 
-from smi_kernels import SMILoss  # noqa: E402
-from smi_kernels._triton import op  # noqa: E402
+from smi_kernels import SMILoss
+from smi_kernels._triton import op
 
 DEVICE_WIDE = (
     "mem_get_info",

@@ -123,3 +123,19 @@ def test_example_numbers_come_from_the_committed_results() -> None:
     assert len(quoted) >= 9
     for number in quoted:
         assert number in committed, f"{number} is not in {EXAMPLE_JSON.relative_to(ROOT)}"
+
+
+def test_compile_and_model_numbers_come_from_the_committed_results() -> None:
+    compile_dir = ROOT / "benchmarks" / "results" / "compile"
+    for version in ("3.9.0", "3.6.0"):
+        report = (compile_dir / f"triton-{version}.md").read_text()
+        totals = json.loads(re.search(r"Totals: (\{.*\})", report).group(1))
+        assert f"all {totals['launches']} launches" in normalised(block("compile"))
+        assert totals["fail_to_compile"] == totals["over_shared_memory"] == 0
+        assert totals["with_spills"] == 0
+        assert version in block("compile")
+    model = (ROOT / "benchmarks" / "results" / "model" / "h100.md").read_text()
+    quoted = re.findall(r"\d+\.\d+", block("model"))
+    assert quoted
+    for number in quoted:
+        assert number in model, number

@@ -121,7 +121,7 @@ def test_no_grad_stores_no_g() -> None:
         loss = smi_loss(a, b, backend="triton")
     assert loss.grad_fn is None
     z = torch.stack([a, b]).detach()
-    out, workspace = torch.ops.smi_kernels.smi_forward(z, LAMBDA, EPS, False)
+    _, workspace = torch.ops.smi_kernels.smi_forward(z, LAMBDA, EPS, False)
     plan = make_plan("interpreter", INTERPRETER_SMS, 2, 6, 10, torch.float32, "highest", False)
     assert "g" not in plan.segments and workspace.numel() == plan.workspace_bytes
     with_grad = make_plan("interpreter", INTERPRETER_SMS, 2, 6, 10, torch.float32, "highest", True)

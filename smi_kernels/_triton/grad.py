@@ -91,7 +91,9 @@ def row_epilogue(
     # dz has D_pad columns too (aligned rows, no column mask; its padding is zero)
     rows = view_p.to(tl.int64) * view_stride + sample_p.to(tl.int64) * D_pad
     out = dz_ptr + rows[:, None] + offs_d[None, :]
-    tl.store(out, to_storage(dz, dz_ptr.dtype.element_ty, EMULATE_RTNE), mask=row_ok[:, None] & load_cols)
+    tl.store(
+        out, to_storage(dz, dz_ptr.dtype.element_ty, EMULATE_RTNE), mask=row_ok[:, None] & load_cols
+    )
 
 
 @triton.jit
@@ -188,7 +190,8 @@ def gram_backward_kernel(
     if HALVES == 2:
         row_epilogue(
             acc1, WIDTH, offs_p, db, zh_ptr, rho_ptr, align_grad_ptr, dz_ptr, view_stride, radial,
-            s, projected, c_align, c_red_scaled, P, N, D, D_pad, V, BLOCK_D, WIDTH, EVEN_D, EMULATE_RTNE,
+            s, projected, c_align, c_red_scaled, P, N, D, D_pad, V, BLOCK_D, WIDTH, EVEN_D,
+            EMULATE_RTNE,
         )  # fmt: skip
 
 

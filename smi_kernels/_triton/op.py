@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+
 import torch
 import triton
 from torch import Tensor
@@ -142,15 +143,23 @@ def backward_launcher(plan: Plan):
     if not interpreting(plan) and configs.autotune_enabled() and len(plan.backward) > 1:
         tuning = tuple(
             triton.Config(
-                {"BLOCK_Q": c.BLOCK_Q, "BLOCK_D": first.BLOCK_D, "EVEN_D": plan.d_pad % first.BLOCK_D == 0},
+                {
+                    "BLOCK_Q": c.BLOCK_Q,
+                    "BLOCK_D": first.BLOCK_D,
+                    "EVEN_D": plan.d_pad % first.BLOCK_D == 0,
+                },
                 num_warps=c.num_warps,
                 num_stages=c.num_stages,
             )
             for c in plan.backward
         )
         return _autotuned(gram_backward_kernel, tuning), {}
-    options = {"BLOCK_Q": first.BLOCK_Q, "BLOCK_D": first.BLOCK_D,
-               "EVEN_D": plan.d_pad % first.BLOCK_D == 0, **_compile_options(first, plan)}  # fmt: skip
+    options = {
+        "BLOCK_Q": first.BLOCK_Q,
+        "BLOCK_D": first.BLOCK_D,
+        "EVEN_D": plan.d_pad % first.BLOCK_D == 0,
+        **_compile_options(first, plan),
+    }
     return gram_backward_kernel, options
 
 

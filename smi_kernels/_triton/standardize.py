@@ -49,6 +49,17 @@ def power_of_two_floor(x):
 
 
 @triton.jit
+def exact_div(x, y):
+    """x / y correctly rounded. On the GPU ``/`` compiles to an approximate division (about 2 ulp);
+    the divisions by the row's power of two must be exact (rows with a large offset would lose
+    their spread) and so must the means (a constant row must centre to exactly zero)."""
+    if x.dtype == tl.float32:
+        return tl.math.div_rn(x, y.to(tl.float32))
+    else:
+        return x / y
+
+
+@triton.jit
 def view_offset(u, view_offset_1, view_offset_2, view_offset_3, view_stride, STACKED: tl.constexpr):
     """Element offset of view u from view 0: u * view_stride for stacked views (V > 4), else
     one of the (up to three) offsets the host measured between the views' storages."""
@@ -111,7 +122,9 @@ def standardize_kernel(
         # a zero row of the padding after P
         row = zh_ptr + (P + (i - N)).to(tl.int64) * D_pad
         for k0 in range(0, D_pad, BLOCK_D):
-            tl.store(row + k0 + k, tl.zeros((BLOCK_D,), zh_ptr.dtype.element_ty), mask=k0 + k < D_pad)
+            tl.store(
+                row + k0 + k, tl.zeros((BLOCK_D,), zh_ptr.dtype.element_ty), mask=k0 + k < D_pad
+            )
     else:
         u = tl.arange(0, V_BLOCK)
         view_ok = u < V
@@ -123,9 +136,9 @@ def standardize_kernel(
             mask = view_ok[:, None] & (k < D)[None, :]
             z = tl.load(rows[:, None] + k[None, :], mask=mask, other=0.0).to(acc_dtype)
             scale = power_of_two_floor(tl.max(tl.abs(z), axis=1))
-            x = z / scale[:, None]
-            mu = tl.sum(x, axis=1) / D
-            mu2 = tl.sum(tl.where(mask, x - mu[:, None], 0.0), axis=1) / D
+            x = exact_div(z, scale[:, None])
+            mu = exact_div(tl.sum(x, axis=1), D)
+            mu2 = exact_div(tl.sum(tl.where(mask, x - mu[:, None], 0.0), axis=1), D)
             c = tl.where(mask, (x - mu[:, None]) - mu2[:, None], 0.0)
             norm = tl.sqrt(tl.sum(c * c, axis=1))
         else:
@@ -139,20 +152,20 @@ def standardize_kernel(
             for k0 in range(0, D, BLOCK_D):
                 mask = view_ok[:, None] & (k0 + k < D)[None, :]
                 z = tl.load(rows[:, None] + (k0 + k)[None, :], mask=mask, other=0.0)
-                total += tl.sum(z.to(acc_dtype) / scale[:, None], axis=1)
-            mu = total / D
+                total += tl.sum(exact_div(z.to(acc_dtype), scale[:, None]), axis=1)
+            mu = exact_div(total, D)
             total = tl.zeros((V_BLOCK,), acc_dtype)
             for k0 in range(0, D, BLOCK_D):
                 mask = view_ok[:, None] & (k0 + k < D)[None, :]
                 z = tl.load(rows[:, None] + (k0 + k)[None, :], mask=mask, other=0.0)
-                x = z.to(acc_dtype) / scale[:, None]
+                x = exact_div(z.to(acc_dtype), scale[:, None])
                 total += tl.sum(tl.where(mask, x - mu[:, None], 0.0), axis=1)
-            mu2 = total / D
+            mu2 = exact_div(total, D)
             total = tl.zeros((V_BLOCK,), acc_dtype)
             for k0 in range(0, D, BLOCK_D):
                 mask = view_ok[:, None] & (k0 + k < D)[None, :]
                 z = tl.load(rows[:, None] + (k0 + k)[None, :], mask=mask, other=0.0)
-                x = z.to(acc_dtype) / scale[:, None]
+                x = exact_div(z.to(acc_dtype), scale[:, None])
                 c = tl.where(mask, (x - mu[:, None]) - mu2[:, None], 0.0)
                 total += tl.sum(c * c, axis=1)
             norm = tl.sqrt(total)
@@ -166,7 +179,9 @@ def standardize_kernel(
         if SINGLE_PASS:
             zh = tl.where(projected[:, None], c / norm[:, None], (c * scale[:, None]) / 1e-12)
             stored = to_storage(zh, zh_ptr.dtype.element_ty, EMULATE_RTNE)
-            tl.store(out_rows[:, None] + k[None, :], stored, mask=view_ok[:, None] & (k < D_pad)[None, :])
+            tl.store(
+                out_rows[:, None] + k[None, :], stored, mask=view_ok[:, None] & (k < D_pad)[None, :]
+            )
             gap_minus, gap_plus, dot = pair_sums(zh, u, V, V_BLOCK)
         else:
             gap_minus = tl.zeros((V_BLOCK, V_BLOCK), acc_dtype)
@@ -175,7 +190,7 @@ def standardize_kernel(
             for k0 in range(0, D_pad, BLOCK_D):
                 mask = view_ok[:, None] & (k0 + k < D)[None, :]
                 z = tl.load(rows[:, None] + (k0 + k)[None, :], mask=mask, other=0.0)
-                x = z.to(acc_dtype) / scale[:, None]
+                x = exact_div(z.to(acc_dtype), scale[:, None])
                 c = tl.where(mask, (x - mu[:, None]) - mu2[:, None], 0.0)
                 zh = tl.where(projected[:, None], c / norm[:, None], (c * scale[:, None]) / 1e-12)
                 stored = to_storage(zh, zh_ptr.dtype.element_ty, EMULATE_RTNE)
@@ -219,7 +234,8 @@ def block_d(d_pad: int, views: int, interpreting: bool) -> tuple[int, bool]:
     whole = triton.next_power_of_2(d_pad)
     if not interpreting and v_block * whole <= SINGLE_PASS_ELEMENTS:
         return whole, True
-    cap = 64 if interpreting else 1024
     if interpreting and v_block * whole <= 256:
         return whole, True
+    # chunks of at most 2048 elements: the pair sums unroll over every pair of views
+    cap = 64 if interpreting else max(64, 2048 // v_block)
     return min(whole, cap), False
