@@ -43,8 +43,9 @@ def triton_available() -> bool:
 
 
 def interpreter_enabled() -> bool:
-    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on the CPU."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when ``TRITON_INTERPRET`` is set to a true value ("1", "true", "yes", "on", as Triton
+    reads it): Triton kernels then run on the CPU."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def interpreter_set_too_late() -> bool:

@@ -408,3 +408,14 @@ def test_constant_row_gradient_is_zero(dtype: torch.dtype) -> None:
     scale = float(grads[~constant].abs().max())
     assert scale > 0
     assert float(grads[constant].abs().max()) <= 1e-6 * scale
+
+
+@pytest.mark.parametrize(
+    ("value", "enabled"),
+    [("1", True), ("true", True), ("ON", True), ("0", False), ("false", False), ("", False)],
+)
+def test_interpreter_flag_read_as_triton_reads_it(
+    monkeypatch: pytest.MonkeyPatch, value: str, enabled: bool
+) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert loss_module.interpreter_enabled() is enabled
