@@ -62,10 +62,12 @@ def interpreter_set_too_late() -> bool:
         from triton.runtime.jit import JITFunction
     except ImportError:
         return False
+    # one of triton's library functions, and one of the package's kernels where imported (every
+    # kernel module is decorated in the same import, so one stands for all): O(1) per call
     functions = [getattr(standard, "sum", None)]
-    for name, module in list(sys.modules.items()):
-        if name.startswith("smi_kernels._triton.") and module is not None:
-            functions += vars(module).values()
+    kernels = sys.modules.get("smi_kernels._triton.standardize")
+    if kernels is not None:
+        functions.append(getattr(kernels, "standardize_kernel", None))
     return any(isinstance(function, JITFunction) for function in functions)
 
 
