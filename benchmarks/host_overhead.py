@@ -98,6 +98,39 @@ def step_fn(n: int, d: int, dtype: torch.dtype):
     return step
 
 
+class _Trivial(torch.autograd.Function):
+    """An autograd function that does nothing but allocate its outputs: PyTorch's own floor."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return a.new_empty(3, dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return torch.empty(ctx.shape, dtype=ctx.dtype), torch.empty(ctx.shape, dtype=ctx.dtype)
+
+
+def floor_us(n: int, d: int, dtype: torch.dtype, rounds: int, steps: int) -> float:
+    """Median host time of ``_Trivial`` forward + autograd.grad on the same views (us): what
+    PyTorch's autograd costs on this machine before any SMI code runs."""
+    z_a = torch.randn(n, d).to(dtype).requires_grad_()
+    z_b = torch.randn(n, d).to(dtype).requires_grad_()
+
+    class Trivial(_Trivial):
+        @staticmethod
+        def forward(ctx, a, b):  # type: ignore[override]
+            ctx.shape, ctx.dtype = a.shape, a.dtype
+            return a.new_empty(3, dtype=torch.float32)
+
+    per_round = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(steps):
+            torch.autograd.grad(Trivial.apply(z_a, z_b)[0], [z_a, z_b])
+        per_round.append((time.perf_counter() - start) / steps * 1e6)
+    return statistics.median(per_round)
+
+
 def measure(n: int, d: int, dtype: torch.dtype, rounds: int, steps: int) -> dict[str, Any]:
     """Median, min and max over ``rounds`` of the mean host time of ``steps`` steps (us)."""
     with gpu_host_path() as calls:
@@ -150,6 +183,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     result = measure(args.n, args.d, getattr(torch, args.dtype), args.rounds, args.steps)
     result["machine"] = machine()
+    result["autograd_floor_us"] = floor_us(args.n, args.d, getattr(torch, args.dtype),
+                                           args.rounds, args.steps)  # fmt: skip
     spread = (result["max_us"] - result["min_us"]) / result["median_us"]
     text = (
         "# Host time of one Triton-path step (forward + backward), kernels replaced by no-ops\n\n"
@@ -161,7 +196,10 @@ def main(argv=None) -> int:
         f"{result['min_us']:.1f} | {result['max_us']:.1f} | {spread:.0%} | "
         f"{len(result['launches'])}: {', '.join(result['launches'])} |\n\n"
         f"{args.rounds} rounds of {args.steps} steps, one thread. Not included: Triton's launcher "
-        "(binding and driver call, per launch) and the CUDA caching allocator.\n"
+        "(binding and driver call, per launch) and the CUDA caching allocator.\n\n"
+        "For scale: an autograd function that only allocates its outputs, forward + "
+        f"autograd.grad on the same views, takes {result['autograd_floor_us']:.1f} us (median) on "
+        "this machine: PyTorch's own floor, before any SMI code.\n"
     )
     print(text)
     if args.write:
