@@ -29,15 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def ntxent_loss(z_a: Tensor, z_b: Tensor, temperature: float = 0.5) -> Tensor:
-    """NT-Xent loss of two views (N, D): the mean over the 2N samples of the cross-entropy of the
-    positive against the 2N - 2 negatives, on cosine similarities divided by ``temperature``.
-
-    Example:
-        >>> import torch
-        >>> from reference.ntxent import ntxent_loss
-        >>> loss = ntxent_loss(torch.randn(16, 8), torch.randn(16, 8))
-    """
+def _ntxent(z_a: Tensor, z_b: Tensor, temperature: float, multiply_ba: bool) -> Tensor:
+    """NT-Xent with the BA block multiplied (``multiply_ba``, 4 N^2 D) or taken as the transpose
+    of AB (3 N^2 D): the same value, two costs as fvcore counts them."""
     if z_a.shape != z_b.shape or z_a.dim() != 2:
         raise ValueError(f"two views of the same shape (N, D) needed, got {z_a.shape}, {z_b.shape}")
     if temperature <= 0:
@@ -47,13 +41,26 @@ def ntxent_loss(z_a: Tensor, z_b: Tensor, temperature: float = 0.5) -> Tensor:
     zb = F.normalize(z_b, dim=1)
     self_pair = torch.eye(n, dtype=torch.bool, device=z_a.device)
     logits_ab = za @ zb.T / temperature
+    logits_ba = zb @ za.T / temperature if multiply_ba else logits_ab.T
     logits_aa = (za @ za.T / temperature).masked_fill(self_pair, float("-inf"))
     logits_bb = (zb @ zb.T / temperature).masked_fill(self_pair, float("-inf"))
-    logits_ba = logits_ab.T  # the paper's three-product count: BA is not multiplied
     labels = torch.arange(n, device=z_a.device)
     loss_a = F.cross_entropy(torch.cat([logits_ab, logits_aa], dim=1), labels, reduction="sum")
     loss_b = F.cross_entropy(torch.cat([logits_ba, logits_bb], dim=1), labels, reduction="sum")
     return (loss_a + loss_b) / (2 * n)
+
+
+def ntxent_loss(z_a: Tensor, z_b: Tensor, temperature: float = 0.5) -> Tensor:
+    """NT-Xent loss of two views (N, D): the mean over the 2N samples of the cross-entropy of the
+    positive against the 2N - 2 negatives, on cosine similarities divided by ``temperature``.
+
+    Example:
+        >>> import torch
+        >>> from reference.ntxent import ntxent_loss
+        >>> loss = ntxent_loss(torch.randn(16, 8), torch.randn(16, 8))
+    """
+    # the paper's three-product count: BA is not multiplied
+    return _ntxent(z_a, z_b, temperature, multiply_ba=False)
 
 
 def ntxent_loss_four_products(z_a: Tensor, z_b: Tensor, temperature: float = 0.5) -> Tensor:
@@ -65,19 +72,4 @@ def ntxent_loss_four_products(z_a: Tensor, z_b: Tensor, temperature: float = 0.5
         >>> from reference.ntxent import ntxent_loss_four_products
         >>> loss = ntxent_loss_four_products(torch.randn(16, 8), torch.randn(16, 8))
     """
-    if z_a.shape != z_b.shape or z_a.dim() != 2:
-        raise ValueError(f"two views of the same shape (N, D) needed, got {z_a.shape}, {z_b.shape}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    n = z_a.shape[0]
-    za = F.normalize(z_a, dim=1)
-    zb = F.normalize(z_b, dim=1)
-    self_pair = torch.eye(n, dtype=torch.bool, device=z_a.device)
-    logits_ab = za @ zb.T / temperature
-    logits_ba = zb @ za.T / temperature
-    logits_aa = (za @ za.T / temperature).masked_fill(self_pair, float("-inf"))
-    logits_bb = (zb @ zb.T / temperature).masked_fill(self_pair, float("-inf"))
-    labels = torch.arange(n, device=z_a.device)
-    loss_a = F.cross_entropy(torch.cat([logits_ab, logits_aa], dim=1), labels, reduction="sum")
-    loss_b = F.cross_entropy(torch.cat([logits_ba, logits_bb], dim=1), labels, reduction="sum")
-    return (loss_a + loss_b) / (2 * n)
+    return _ntxent(z_a, z_b, temperature, multiply_ba=True)

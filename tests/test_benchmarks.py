@@ -7,7 +7,6 @@ re-implementations and values known in closed form.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -17,6 +16,7 @@ from types import ModuleType
 import pytest
 import torch
 import torch.nn.functional as F
+from benchmark_modules import load as load_benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 import reference
@@ -26,23 +26,14 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SHAPES = [(8, 12), (16, 40), (24, 8)]
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench_flops() -> ModuleType:
-    return _load("flops")
+    return load_benchmark("flops")
 
 
 @pytest.fixture(scope="module")
 def bench_speed() -> ModuleType:
-    return _load("speed")
+    return load_benchmark("speed")
 
 
 # --- the cost model -------------------------------------------------------------------------
@@ -304,7 +295,7 @@ def test_speed_rejects_a_noisy_run(
     assert "REJECTED" in page and "(rejected)" in page and "Summary:" not in page
 
 
-def test_speed_accepts_a_steady_run_and_checks_the_load(
+def test_speed_accepts_a_steady_run_and_checks_theload_benchmark(
     bench_speed: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(bench_speed, "time_cpu_interleaved", _fake_timer([1e-3] * 6 + [1.05e-3]))

@@ -7,7 +7,6 @@ recorder). Tile sizes are read from the plan, never written here: the config tab
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -18,6 +17,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from benchmark_modules import load as load_benchmark
 
 from smi_kernels import flops as cost_model
 from smi_kernels._triton.plan import make_plan
@@ -26,18 +26,9 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SMS = 132
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def model() -> ModuleType:
-    return _load("model")
+    return load_benchmark("model")
 
 
 def _plan(n: int, d: int, dtype: torch.dtype = torch.bfloat16, precision: str = "highest"):
@@ -385,7 +376,7 @@ def test_gpu_check_without_gpu_says_so_in_one_line() -> None:
 
 def test_gpu_check_report_and_stage_failures(tmp_path) -> None:
     """A failing stage is recorded, not raised; the report renders from a partial payload."""
-    check = _load("gpu_check")
+    check = load_benchmark("gpu_check")
     log = tmp_path / "errors.log"
 
     def broken() -> dict:
@@ -430,7 +421,7 @@ def test_compile_assumption_graph_break() -> None:
     os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), reason="runs the kernel interpreted"
 )
 def test_gpu_check_l2_kernel_reads_every_chunk_every_round() -> None:
-    check = _load("gpu_check")
+    check = load_benchmark("gpu_check")
     kernel = check.l2_read_kernel()
     block, chunks, programs, repeats = 16, 5, 3, 4
     x = torch.arange(chunks * block, dtype=torch.float32)
