@@ -44,16 +44,6 @@ def check_gather_distributed(gather_distributed: bool | str) -> None:
         )
 
 
-def check_sharded_backend(gather_distributed: bool | str, backend: str) -> None:
-    """The sharded mode runs on the PyTorch path for now: refuse ``backend="triton"``."""
-    if gather_distributed == "sharded" and backend == "triton":
-        raise ValueError(
-            "gather_distributed='sharded' runs on the PyTorch path for now (the Triton kernels "
-            "compute the whole S of one batch, not one rank's rows against the global batch); "
-            "use backend='auto' or backend='torch'"
-        )
-
-
 SEPARATE_ARGUMENTS = (
     "; the views go in as separate arguments: loss_fn(z_a, z_b), or loss_fn(*views) for a "
     "list or tuple of views"

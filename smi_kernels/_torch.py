@@ -128,6 +128,35 @@ def log_dependency(rho: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return log_t, t
 
 
+def redundancy_blocks(zh: Tensor, eps: float, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """``(L_red, G_sym or None)`` of one batch of standardised views ``zh`` (V, N, D).
+
+    Only the V(V+1)/2 blocks u <= v of S are multiplied; G_sym = dL_red/dS (P x P, symmetric,
+    zero on the diagonal and on the positive pairs) is filled from them and their transposes.
+    """
+    v_count, n, _ = zh.shape
+    p = v_count * n
+    red = zh.new_zeros(())
+    blocks = [(u, v) for u in range(v_count) for v in range(u, v_count)]  # u <= v
+    g_sym = zh.new_empty((p, p)) if need_grad else None
+    for u, v in blocks:
+        block = torch.mm(zh[u], zh[v].T).clamp_(-1.0, 1.0)  # rho, N x N
+        log_t, t = log_dependency(block, eps)
+        # sum of m^2 = sum (log t)^2 / 4 over the off-diagonal; the diagonal is p = q (self)
+        # or the positive pairs (cross), neither of which is a redundancy term
+        log_t.diagonal().zero_()
+        red = red + torch.dot(log_t.view(-1), log_t.view(-1)) * 0.25
+        if g_sym is not None:
+            # dL_red/dS_pq = w * 2 m m' = -w log(t) rho / t, w = 2 on self blocks (each
+            # unordered pair appears twice in L_red), 1 on cross blocks
+            weight = -2.0 if u == v else -1.0
+            grad_block = log_t.mul_(block).div_(t).mul_(weight)
+            g_sym[u * n : (u + 1) * n, v * n : (v + 1) * n] = grad_block
+            if u != v:
+                g_sym[v * n : (v + 1) * n, u * n : (u + 1) * n] = grad_block.T
+    return red, g_sym
+
+
 def add_alignment_gradient(
     dzh: Tensor, zh: Tensor, a: Tensor, pairs: Sequence[tuple[int, int]]
 ) -> None:
@@ -208,24 +237,7 @@ class _SMIFunction(torch.autograd.Function):
 
         p = v_count * n
         zh_flat = zh.view(p, d)
-        red = zh.new_zeros(())
-        blocks = [(u, v) for u in range(v_count) for v in range(u, v_count)]  # u <= v
-        g_sym = zh.new_empty((p, p)) if need_grad else None
-        for u, v in blocks:
-            block = torch.mm(zh[u], zh[v].T).clamp_(-1.0, 1.0)  # rho, N x N
-            log_t, t = log_dependency(block, eps)
-            # sum of m^2 = sum (log t)^2 / 4 over the off-diagonal; the diagonal is p = q (self)
-            # or the positive pairs (cross), neither of which is a redundancy term
-            log_t.diagonal().zero_()
-            red = red + torch.dot(log_t.view(-1), log_t.view(-1)) * 0.25
-            if g_sym is not None:
-                # dL_red/dS_pq = w * 2 m m' = -w log(t) rho / t, w = 2 on self blocks (each
-                # unordered pair appears twice in L_red), 1 on cross blocks
-                weight = -2.0 if u == v else -1.0
-                grad_block = log_t.mul_(block).div_(t).mul_(weight)
-                g_sym[u * n : (u + 1) * n, v * n : (v + 1) * n] = grad_block
-                if u != v:
-                    g_sym[v * n : (v + 1) * n, u * n : (u + 1) * n] = grad_block.T
+        red, g_sym = redundancy_blocks(zh, eps, need_grad)
 
         out = torch.stack([align + lambda_param * red, align, red])
         ctx.lambda_param = lambda_param

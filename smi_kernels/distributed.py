@@ -10,7 +10,7 @@ one process that sees the whole batch.
 The plumbing of ``gather_distributed="sharded"`` (see :mod:`smi_kernels.sharded`) lives here too:
 :func:`check_same_shapes` (one small all-gather a call, so that uneven inputs raise the same
 ``ValueError`` on every rank instead of hanging in a collective) and
-:class:`ProcessGroupCommunicator`, the all-gather and all-reduce that mode needs, without
+:class:`ProcessGroupCommunicator`, the all-gather, all-reduce and point-to-point exchange that mode needs, without
 gradients (its autograd function differentiates by hand).
 """
 
@@ -117,3 +117,13 @@ class ProcessGroupCommunicator:
         """The sum of ``values`` over ranks (in place)."""
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
+
+    def exchange(
+        self, sends: Sequence[tuple[int, Tensor]], receives: Sequence[tuple[int, Tensor]]
+    ) -> None:
+        """Send each ``(peer, tensor)`` and fill each ``(peer, buffer)``, all posted at once."""
+        ops = [dist.P2POp(dist.isend, tensor.contiguous(), peer) for peer, tensor in sends]
+        ops += [dist.P2POp(dist.irecv, buffer, peer) for peer, buffer in receives]
+        if ops:
+            for request in dist.batch_isend_irecv(ops):
+                request.wait()

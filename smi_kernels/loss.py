@@ -134,7 +134,6 @@ def _smi(
     _checks.check_hyperparameters(lambda_param, eps)
     _checks.check_gather_distributed(gather_distributed)
     _checks.check_backend(backend)
-    _checks.check_sharded_backend(gather_distributed, backend)
     _checks.check_views(views)
     if check_finite:
         _checks.check_finite_views(views)
@@ -147,13 +146,12 @@ def _smi(
         # like torch.matmul under autocast: the Gram runs in the autocast dtype, with float32
         # accumulation and a float32 loss
         views = [view.to(amp_dtype) for view in views]
+    chosen = resolve_backend(backend, views)
     if gather_distributed == "sharded":
-        # the PyTorch path on every device for now ("auto" included; "triton" was refused above)
         from smi_kernels.sharded import smi_sharded
 
-        out = smi_sharded(views, float(lambda_param), float(eps))
+        out = smi_sharded(views, float(lambda_param), float(eps), backend=chosen)
         return SMIOutput(out[0], out[1], out[2])
-    chosen = resolve_backend(backend, views)
     if chosen == "triton":
         from smi_kernels._triton.op import smi_triton
 
@@ -183,10 +181,9 @@ def smi_loss(
         gather_distributed: False (default): the local batch, no communication. True: the
             loss of the batch gathered from every rank, computed whole on each rank.
             "sharded": the same global loss and gradients, each rank computing only its own
-            rows of S against the global batch (3W/4 times fewer multiply-adds per rank than
-            True with W ranks; PyTorch path for now, so backend="triton" is refused and "auto"
-            runs it on the PyTorch path). Both global modes need an initialised process group
-            and a backward on every rank.
+            share of S and G (W times fewer multiply-adds per rank than True with W ranks, on
+            either backend). Both global modes need an initialised process group and a
+            backward on every rank.
 
     Returns:
         The loss: float64 for float64 views, float32 otherwise (half inputs accumulate in
@@ -242,8 +239,8 @@ class SMILoss(nn.Module):
         gather_distributed: False (default): each rank uses its local batch, the paper's
             setting, with no communication. True: all-gather the views from every rank (with
             gradients) and compute the loss of the global batch on every rank. "sharded": the
-            same global loss and gradients, each rank computing only its own rows of S against
-            the global batch (see ``smi_kernels.sharded``; PyTorch path for now).
+            same global loss and gradients, each rank computing only its share of S and G
+            (see ``smi_kernels.sharded``).
         backend: "auto" | "torch" | "triton".
         check_finite: raise on NaN/Inf input (costs a device synchronisation).
 
@@ -267,7 +264,6 @@ class SMILoss(nn.Module):
         _checks.check_hyperparameters(lambda_param, eps)
         _checks.check_backend(backend)
         _checks.check_gather_distributed(gather_distributed)
-        _checks.check_sharded_backend(gather_distributed, backend)
         self.lambda_param = float(lambda_param)
         self.eps = float(eps)
         self.gather_distributed = gather_distributed

@@ -89,6 +89,7 @@ communication, the autograd function) stays. Until then the mode runs on the PyT
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -100,6 +101,7 @@ from smi_kernels._torch import (
     autocast_disabled,
     compute_dtype,
     log_dependency,
+    redundancy_blocks,
     refuse_double_backward,
     smi_torch,
     standardize_rows,
@@ -123,48 +125,161 @@ class Communicator(Protocol):
         """The sum of ``values`` over the ranks."""
         ...
 
+    def exchange(
+        self, sends: Sequence[tuple[int, Tensor]], receives: Sequence[tuple[int, Tensor]]
+    ) -> None:
+        """Point to point: send each ``(peer, tensor)`` of ``sends`` and fill each buffer of
+        ``receives`` from its peer (every rank posts the matching pairs)."""
+        ...
 
-def redundancy_band(
-    zh: Tensor, zh_all: Tensor, row_offset: int, eps: float, need_grad: bool
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which blocks of S rank ``rank`` of ``world`` forms (see the module docstring).
+
+    Column-rank offsets t = 1..W-1 (the block of columns of rank ``(rank + t) mod W``):
+    ``computed`` whole here, ``received`` (their G block comes from that rank), and for even W
+    the ``half`` offset W/2, whose block is split with that rank (``upper`` = rank < W/2).
+    """
+
+    world: int
+    rank: int
+
+    @property
+    def full(self) -> int:
+        """K = (W - 1) // 2: whole blocks formed by every rank besides its own."""
+        return (self.world - 1) // 2
+
+    @property
+    def has_half(self) -> bool:
+        return self.world % 2 == 0
+
+    @property
+    def half(self) -> int:
+        """The half offset W/2 (meaningful for even W)."""
+        return self.world // 2
+
+    @property
+    def upper(self) -> bool:
+        """This rank forms the upper share of its half block (rank < W/2)."""
+        return self.rank < self.world // 2
+
+    @property
+    def computed(self) -> range:
+        return range(1, self.full + 1)
+
+    @property
+    def received(self) -> range:
+        return range(self.world - self.full, self.world)
+
+    def peer(self, offset: int) -> int:
+        """The rank whose rows are the columns at ``offset``."""
+        return (self.rank + offset) % self.world
+
+
+#: (rows of this rank, G piece, column rank, its rows): one piece of this rank's band of G
+Piece = tuple[slice, Tensor, int, slice]
+ALL = slice(None)
+
+
+def _row_views(rows: int, n: int, device: torch.device, start: int = 0) -> Tensor:
+    return torch.arange(start, start + rows, device=device) // n
+
+
+def cross_terms(
+    rows: Tensor, row_view: Tensor, cols: Tensor, col_view: Tensor, eps: float, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
-    """This rank's share of L_red, and its band of G (or None without a gradient).
+    """``(sum of w m^2, G)`` of a block of S between rows of two different ranks: no diagonal,
+    no positives; w = 2 where the two rows are of the same view, 1 across views, every pair once.
+    G = dL_red/dS = -w log(t) rho / t (the block of G_sym)."""
+    rho = torch.mm(rows, cols.T).clamp_(-1.0, 1.0)
+    log_t, t = log_dependency(rho, eps)
+    weight = torch.where(row_view[:, None] == col_view[None, :], 2.0, 1.0).to(rho.dtype)
+    red = torch.dot(log_t.square().view(-1), weight.view(-1)) * 0.25
+    if not need_grad:
+        return red, None
+    return red, log_t.mul_(rho).div_(t).mul_(weight).neg_()
+
+
+def half_split(p_local: int) -> int:
+    """h: the upper rank of a half block forms its rows x the partner's rows [0, h), the lower
+    rank its rows [h, P_local) x all of the upper rank's rows."""
+    return p_local // 2
+
+
+def redundancy_share(
+    zh: Tensor, zh_all: Tensor, schedule: Schedule, eps: float, need_grad: bool
+) -> tuple[Tensor, list[Piece], list[tuple[int, Tensor]]]:
+    """This rank's share of L_red, the pieces of its band of G formed here, and what it sends.
 
     Args:
         zh: the local standardised rows, (V, n, D).
-        zh_all: every rank's zh stacked in rank order, (P_global, D); rows
-            ``[row_offset, row_offset + V n)`` are ``zh``.
-        row_offset: ``rank * V * n``, where this rank's rows start among the columns.
+        zh_all: every rank's zh in rank order, (W, V n, D).
+        schedule: the blocks this rank forms.
         eps: the stabiliser of m.
-        need_grad: also return ``G[R_r, :] = dL_red/dS`` (P_local x P_global).
+        need_grad: also form G (and list the G blocks other ranks need).
+
+    Returns ``(red, pieces, sends)``: ``sends`` is ``[(peer, G block)]``, the blocks this rank
+    formed whose other side is ``peer``'s rows (empty without a gradient).
     """
-    v_count, n, _ = zh.shape
+    v_count, n, d = zh.shape
     p_local = v_count * n
-    p_global = zh_all.shape[0]
-    world = p_global // p_local
-    red = zh.new_zeros(())
-    g_band = zh.new_empty((p_local, p_global)) if need_grad else None
-    for u in range(v_count):
-        slab = torch.mm(zh[u], zh_all.T).clamp_(-1.0, 1.0)  # rho of rows (u, i), n x P_global
-        log_t, t = log_dependency(slab, eps)
-        # m = 0 where there is no redundancy term: the row itself (v = u) and its positives
-        # (v != u), columns row_offset + v n + i
-        own = log_t[:, row_offset : row_offset + p_local].view(n, v_count, n)
-        own.diagonal(dim1=0, dim2=2).zero_()
-        # share: sum of m^2 = (log t)^2 / 4, weight 1 on the columns of view u, 1/2 elsewhere
-        same_view = log_t.view(n, world, v_count, n)[:, :, u]
-        flat = log_t.view(-1)
-        red = red + (torch.dot(flat, flat) + same_view.square().sum()) * 0.125
-        if g_band is not None:
-            # G_pq = w 2 m m' = -w log(t) rho / t, w = 2 within a view, 1 across views
-            rows = g_band[u * n : (u + 1) * n]
-            torch.mul(log_t, slab, out=rows).div_(t).neg_()
-            rows.view(n, world, v_count, n)[:, :, u].mul_(2.0)
-    return red, g_band
+    own = zh.view(p_local, d)
+    views = _row_views(p_local, n, zh.device)
+    red, g_own = redundancy_blocks(zh, eps, need_grad)
+    pieces: list[Piece] = [(ALL, g_own, schedule.rank, ALL)] if g_own is not None else []
+    sends: list[tuple[int, Tensor]] = []
+    blocks = [(t, ALL, ALL) for t in schedule.computed]
+    if schedule.has_half:
+        h = half_split(p_local)
+        if schedule.upper:
+            blocks.append((schedule.half, ALL, slice(0, h)))
+        else:
+            blocks.append((schedule.half, slice(h, p_local), ALL))
+    for t, rows, cols in blocks:
+        peer = schedule.peer(t)
+        red_block, g = cross_terms(
+            own[rows], views[rows], zh_all[peer][cols], views[cols], eps, need_grad
+        )
+        red = red + red_block
+        if g is not None:
+            pieces.append((rows, g, peer, cols))
+            sends.append((peer, g))
+    return red, pieces, sends
 
 
-def band_gradient(g_band: Tensor, zh_all: Tensor) -> Tensor:
-    """``G[R_r, :] Z``: dL_red/dzh of this rank's rows, (P_local, D)."""
-    return torch.mm(g_band, zh_all)
+def receive_buffers(
+    schedule: Schedule, p_local: int, like: Tensor
+) -> tuple[list[Piece], list[tuple[int, Tensor]]]:
+    """The pieces of the band formed by other ranks (as transposed views of receive buffers),
+    and the ``(peer, buffer)`` receives that fill them."""
+    pieces: list[Piece] = []
+    receives: list[tuple[int, Tensor]] = []
+    blocks = [(t, ALL, ALL) for t in schedule.received]
+    if schedule.has_half:
+        h = half_split(p_local)
+        # the partner's share: the lower rank formed its rows [h, P) x all of ours; the upper
+        # rank formed all its rows x our rows [0, h)
+        if schedule.upper:
+            blocks.append((schedule.half, ALL, slice(h, p_local)))
+        else:
+            blocks.append((schedule.half, slice(0, h), ALL))
+    for t, rows, cols in blocks:
+        peer = schedule.peer(t)
+        count_rows = len(range(p_local)[rows])
+        count_cols = len(range(p_local)[cols])
+        buffer = like.new_empty((count_cols, count_rows))  # in the peer's frame: its rows first
+        receives.append((peer, buffer))
+        pieces.append((rows, buffer.T, peer, cols))
+    return pieces, receives
+
+
+def band_gradient(pieces: Sequence[Piece], zh_all: Tensor, p_local: int) -> Tensor:
+    """``G[R_r, :] Z``: dL_red/dzh of this rank's rows, (P_local, D), from the band's pieces."""
+    out = zh_all.new_zeros((p_local, zh_all.shape[-1]))
+    for rows, g, peer, cols in pieces:
+        out[rows].addmm_(g, zh_all[peer][cols])
+    return out
 
 
 class _ShardedSMIFunction(torch.autograd.Function):
@@ -173,8 +288,25 @@ class _ShardedSMIFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, lambda_param: float, eps: float, need_grad: bool, comm: Communicator, *views: Tensor
+        ctx,
+        lambda_param: float,
+        eps: float,
+        need_grad: bool,
+        comm: Communicator,
+        backend: str,
+        *views: Tensor,
     ) -> Tensor:
+        ctx.comm = comm
+        ctx.backend = backend
+        ctx.lambda_param = lambda_param
+        ctx.eps = eps
+        if backend == "triton":
+            from smi_kernels._triton import sharded as triton_sharded
+
+            out, saved, ctx.plan = triton_sharded.forward(views, lambda_param, eps, need_grad, comm)
+            if need_grad:
+                ctx.save_for_backward(*saved)
+            return out
         with autocast_disabled(views[0].device.type):
             return _ShardedSMIFunction._forward(ctx, lambda_param, eps, need_grad, comm, views)
 
@@ -191,52 +323,63 @@ class _ShardedSMIFunction(torch.autograd.Function):
         n, d = views[0].shape
         p_local = v_count * n
         dtype = compute_dtype(views[0].dtype)
+        schedule = Schedule(comm.world_size, comm.rank)
 
         z = torch.stack([view.to(dtype) for view in views])  # (V, n, D)
         zh, s, projected = standardize_rows(z)
         align, align_grad, pairs = alignment_terms(zh, projected, eps, need_grad)
 
-        zh_all = comm.all_gather(zh).view(comm.world_size * p_local, d)
-        red, g_band = redundancy_band(zh, zh_all, comm.rank * p_local, eps, need_grad)
+        zh_all = comm.all_gather(zh).view(comm.world_size, p_local, d)
+        red, pieces, sends = redundancy_share(zh, zh_all, schedule, eps, need_grad)
+        if need_grad:
+            received, receives = receive_buffers(schedule, p_local, zh)
+            comm.exchange(sends, receives)
+            pieces += received
 
         align_total, red_total = comm.all_reduce(torch.stack([align, red])).unbind()
         out = torch.stack([align_total + lambda_param * red_total, align_total, red_total])
-        ctx.lambda_param = lambda_param
         ctx.pairs = pairs
-        ctx.comm = comm
         ctx.input_dtype = views[0].dtype
         if need_grad:
+            ctx.pieces = [(rows, peer, cols) for rows, _, peer, cols in pieces]
             ctx.save_for_backward(
-                zh.view(p_local, d), s.view(p_local), projected.view(p_local), g_band, zh_all,
-                align_grad,
+                zh.view(p_local, d), s.view(p_local), projected.view(p_local), zh_all, align_grad,
+                *(g for _, g, _, _ in pieces),
             )  # fmt: skip
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         refuse_double_backward()
-        with autocast_disabled(grad_out.device.type):
-            return _ShardedSMIFunction._backward(ctx, grad_out)
-
-    @staticmethod
-    def _backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        zh_flat, s, projected, g_band, zh_all, align_grad = ctx.saved_tensors
         # c = sum over ranks of the incoming gradients: the gather-mode convention for any c_r
         total = ctx.comm.all_reduce(grad_out.detach().clone(memory_format=torch.contiguous_format))
+        v_count = len(ctx.needs_input_grad) - 5
+        if ctx.backend == "triton":
+            from smi_kernels._triton import sharded as triton_sharded
+
+            dz = triton_sharded.backward(total, ctx.saved_tensors, ctx.plan, ctx.lambda_param,
+                                         ctx.eps)  # fmt: skip
+        else:
+            with autocast_disabled(grad_out.device.type):
+                dz = _ShardedSMIFunction._backward(ctx, total, v_count)
+        grads = [dz[k] if ctx.needs_input_grad[5 + k] else None for k in range(v_count)]
+        return (None, None, None, None, None, *grads)
+
+    @staticmethod
+    def _backward(ctx, total: Tensor, v_count: int) -> Tensor:
+        zh_flat, s, projected, zh_all, align_grad, *blocks = ctx.saved_tensors
         g_loss, g_align, g_red = total.unbind()
         c_align = g_loss + g_align
         c_red = ctx.lambda_param * g_loss + g_red
         p_local, d = zh_flat.shape
-        v_count = len(ctx.needs_input_grad) - 4
         n = p_local // v_count
 
-        dzh = band_gradient(g_band, zh_all).mul_(c_red).view(v_count, n, d)
+        pieces = [(rows, g, peer, cols) for (rows, peer, cols), g in zip(ctx.pieces, blocks)]
+        dzh = band_gradient(pieces, zh_all, p_local).mul_(c_red).view(v_count, n, d)
         zh = zh_flat.view(v_count, n, d)
         add_alignment_gradient(dzh, zh, (c_align * align_grad).unsqueeze(-1), ctx.pairs)
         dz = standardize_rows_backward(zh_flat, s, projected, dzh.view(p_local, d))
-        dz = dz.to(ctx.input_dtype).view(v_count, n, d)
-        grads = [dz[k] if ctx.needs_input_grad[4 + k] else None for k in range(v_count)]
-        return (None, None, None, None, *grads)
+        return dz.to(ctx.input_dtype).view(v_count, n, d)
 
 
 def smi_sharded(
@@ -244,15 +387,17 @@ def smi_sharded(
     lambda_param: float,
     eps: float,
     comm: Communicator | None = None,
+    backend: str = "torch",
 ) -> Tensor:
     """The global ``(L, L_align, L_red)`` with this rank's share of the work, differentiable in
     this rank's views (gradient convention of gather mode).
 
     Without ``comm`` the default process group is used: it must be initialised; with one rank
-    this is the local PyTorch path itself (bitwise the local mode); otherwise the ranks' views
+    this is the local mode itself (bitwise, on the same backend); otherwise the ranks' views
     must agree in count, shape and dtype (checked, ``ValueError`` on every rank). A ``comm``
-    (anything with ``rank``, ``world_size``, ``all_gather``, ``all_reduce``) runs the sharded
-    computation as given, with no checks: tests use it to play one rank in a single process.
+    (anything with ``rank``, ``world_size``, ``all_gather``, ``all_reduce`` and ``exchange``)
+    runs the sharded computation as given, with no checks. ``backend``: "torch" (any device) or
+    "triton" (the fused kernels: CUDA, or the Triton interpreter).
 
     Example (on every rank of an initialised process group):
         >>> from smi_kernels import smi_loss  # doctest: +SKIP
@@ -263,8 +408,12 @@ def smi_sharded(
 
         distributed.require_process_group(MODE)
         if torch.distributed.get_world_size() == 1:
+            if backend == "triton":
+                from smi_kernels._triton.op import smi_triton
+
+                return smi_triton(views, lambda_param, eps)
             return smi_torch(views, lambda_param, eps)
         distributed.check_same_shapes(views, MODE)
         comm = distributed.ProcessGroupCommunicator()
     need_grad = torch.is_grad_enabled() and any(view.requires_grad for view in views)
-    return _ShardedSMIFunction.apply(lambda_param, eps, need_grad, comm, *views)
+    return _ShardedSMIFunction.apply(lambda_param, eps, need_grad, comm, backend, *views)
