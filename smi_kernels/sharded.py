@@ -358,7 +358,7 @@ class _ShardedSMIFunction(torch.autograd.Function):
             from smi_kernels._triton import sharded as triton_sharded
 
             dz = triton_sharded.backward(total, ctx.saved_tensors, ctx.plan, ctx.lambda_param,
-                                         ctx.eps)  # fmt: skip
+                                         ctx.eps, ctx.comm.rank)  # fmt: skip
         else:
             with autocast_disabled(grad_out.device.type):
                 dz = _ShardedSMIFunction._backward(ctx, total, v_count)

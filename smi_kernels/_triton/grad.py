@@ -30,7 +30,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from smi_kernels._triton.gram import packed_tile_index
+from smi_kernels._triton.gram import band_tile_index, packed_tile_index
 from smi_kernels._triton.rounding import to_storage
 
 
@@ -101,6 +101,7 @@ def row_epilogue(
 @triton.jit
 def gram_backward_kernel(
     zh_ptr,  # (P_pad, D_pad)
+    columns_ptr,  # zh itself, or (sharded) every rank's zh, (W, P_pad, D_pad)
     s_ptr,  # (P,)
     projected_ptr,  # (P,)
     g_ptr,  # packed G tiles
@@ -111,10 +112,14 @@ def gram_backward_kernel(
     dz_ptr,  # (V, N, D_pad) out, view u at u * view_stride
     view_stride,
     P,
+    P_pad,
     N,
     D,
     D_pad,
     num_blocks,
+    world,
+    rank,
+    upper,
     lambda_param,
     inv_g_scale,
     V: tl.constexpr,
@@ -122,6 +127,7 @@ def gram_backward_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr,
     HALVES: tl.constexpr,
+    SHARDED: tl.constexpr,
     EVEN_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     WIDEN_DOT: tl.constexpr,
@@ -145,24 +151,60 @@ def gram_backward_kernel(
 
     acc0 = tl.zeros((BLOCK, WIDTH), acc_dtype)
     acc1 = tl.zeros((BLOCK, WIDTH), acc_dtype)
-    # below the diagonal: G_sym[p, q] = G[q, p], rows jj..jj + BLOCK_Q of stored tile (qb, pb)
-    for kq in range(0, pb * BLOCK, BLOCK_Q):
-        qb = kq // BLOCK
-        jj = kq - qb * BLOCK
-        tile = packed_tile_index(qb, pb) * (BLOCK * BLOCK)
-        g = tl.trans(tl.load(g_ptr + tile + (jj + q)[:, None] * BLOCK + r[None, :]))
-        z_rows = zh_ptr + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
-        acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
-                                INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
-    # on and above the diagonal: columns jj..jj + BLOCK_Q of stored tile (pb, qb)
-    for kq in range(pb * BLOCK, num_blocks * BLOCK, BLOCK_Q):
-        qb = kq // BLOCK
-        jj = kq - qb * BLOCK
-        tile = packed_tile_index(pb, qb) * (BLOCK * BLOCK)
-        g = tl.load(g_ptr + tile + r[:, None] * BLOCK + (jj + q)[None, :])
-        z_rows = zh_ptr + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
-        acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
-                                INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
+    if SHARDED:
+        # every column rank offset t: the column blocks [0, split) from the transpose of a
+        # stored tile (qb, pb), the rest as stored (pb, qb); see the module docstring
+        tri = num_blocks * (num_blocks + 1) // 2
+        square = num_blocks * num_blocks
+        full = (world - 1) // 2
+        for t in range(0, world):
+            columns = columns_ptr + tl.cast((rank + t) % world, tl.int64) * P_pad * D_pad
+            band = tri + tl.cast(t - 1, tl.int64) * square
+            is_half = (world % 2 == 0) & (t == world // 2)
+            received = (t > full) & ~is_half
+            split = tl.where(
+                t == 0, pb, tl.where(is_half, pb + 1 - upper, tl.where(received, num_blocks, 0))
+            )
+            transposed_base = tl.where(t == 0, 0, tl.where(is_half, band + upper * tri, band))
+            transposed_kind = tl.where(t == 0, 0, tl.where(is_half, upper, 2))
+            direct_base = tl.where(t == 0, 0, tl.where(is_half, band + (1 - upper) * tri, band))
+            direct_kind = tl.where(t == 0, 0, tl.where(is_half, 1 - upper, 2))
+            for kq in range(0, split * BLOCK, BLOCK_Q):
+                qb = kq // BLOCK
+                jj = kq - qb * BLOCK
+                tile = transposed_base + band_tile_index(transposed_kind, qb, pb, num_blocks)
+                g_rows = g_ptr + tile * (BLOCK * BLOCK) + (jj + q)[:, None] * BLOCK + r[None, :]
+                g = tl.trans(tl.load(g_rows))
+                z_rows = columns + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
+                acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
+                                        INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
+            for kq in range(split * BLOCK, num_blocks * BLOCK, BLOCK_Q):
+                qb = kq // BLOCK
+                jj = kq - qb * BLOCK
+                tile = direct_base + band_tile_index(direct_kind, pb, qb, num_blocks)
+                g = tl.load(g_ptr + tile * (BLOCK * BLOCK) + r[:, None] * BLOCK + (jj + q)[None, :])
+                z_rows = columns + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
+                acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
+                                        INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
+    else:
+        # below the diagonal: G_sym[p, q] = G[q, p], rows jj..jj + BLOCK_Q of stored tile (qb, pb)
+        for kq in range(0, pb * BLOCK, BLOCK_Q):
+            qb = kq // BLOCK
+            jj = kq - qb * BLOCK
+            tile = packed_tile_index(qb, pb) * (BLOCK * BLOCK)
+            g = tl.trans(tl.load(g_ptr + tile + (jj + q)[:, None] * BLOCK + r[None, :]))
+            z_rows = zh_ptr + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
+            acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
+                                    INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
+        # on and above the diagonal: columns jj..jj + BLOCK_Q of stored tile (pb, qb)
+        for kq in range(pb * BLOCK, num_blocks * BLOCK, BLOCK_Q):
+            qb = kq // BLOCK
+            jj = kq - qb * BLOCK
+            tile = packed_tile_index(pb, qb) * (BLOCK * BLOCK)
+            g = tl.load(g_ptr + tile + r[:, None] * BLOCK + (jj + q)[None, :])
+            z_rows = zh_ptr + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
+            acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
+                                    INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
 
     g_loss = tl.load(grad_out_ptr).to(acc_dtype)
     g_align = tl.load(grad_out_ptr + 1).to(acc_dtype)

@@ -62,11 +62,62 @@ def packed_tile_index(pb, qb):
 
 
 @triton.jit
+def band_tile_index(kind, a, b, num_blocks):
+    """Index of tile (a, b) (row block a, column block b) in a stored block of G tiles of
+    ``kind``: 0 the upper triangle with its diagonal (b (b + 1) / 2 + a, a <= b), 1 the strict
+    upper triangle (b (b - 1) / 2 + a, a < b), 2 a whole square, row-major (a NB + b)."""
+    a64 = tl.cast(a, tl.int64)
+    b64 = tl.cast(b, tl.int64)
+    triangle = b64 * (b64 + 1 - 2 * kind) // 2 + a64
+    return tl.where(kind == 2, a64 * num_blocks + b64, triangle)
+
+
+@triton.jit
+def sharded_tile(idx, num_blocks, world, upper):
+    """Forward tile ``idx`` of one rank of a sharded group: ``(pb, qb, t, tile, col_slot)``.
+
+    Tiles are numbered: the rank's own triangle (column rank offset t = 0), then the K = (W - 1)
+    // 2 whole blocks t = 1..K (NB^2 tiles each, column by column), then for even W its share of
+    the half block t = W / 2 (the upper triangle with the diagonal tiles on the upper rank, the
+    strict upper triangle on the lower rank). ``tile``: where its G goes; ``col_slot``: the slot
+    row of its column radial sums (its own rows for t = 0, the rows sent to rank r + t else).
+    """
+    tri = num_blocks * (num_blocks + 1) // 2
+    square = num_blocks * num_blocks
+    full = (world - 1) // 2
+    in_triangle = idx < tri
+    j = tl.maximum(idx - tri, 0)
+    in_full = (~in_triangle) & (j < full * square)
+    s = j // square
+    w = j - s * square
+    full_qb = w // num_blocks
+    full_pb = w - full_qb * num_blocks
+    h = tl.maximum(j - full * square, 0)
+    half_pb, half_qb = triangle_tile(h)
+    half_qb += 1 - upper  # the strict triangle: tile h is (pb, qb + 1)
+    tri_pb, tri_qb = triangle_tile(tl.minimum(idx, tri - 1))
+    pb = tl.where(in_triangle, tri_pb, tl.where(in_full, full_pb, half_pb))
+    qb = tl.where(in_triangle, tri_qb, tl.where(in_full, full_qb, half_qb))
+    t = tl.where(in_triangle, 0, tl.where(in_full, s + 1, world // 2))
+    band = tri + tl.cast(t - 1, tl.int64) * square
+    tile = tl.where(
+        in_triangle,
+        tl.cast(idx, tl.int64),
+        tl.where(in_full, band + full_pb * num_blocks + full_qb, band + (1 - upper) * tri + h),
+    )
+    col_slot = tl.where(in_triangle, pb, (world + t - 1) * num_blocks + pb)
+    return pb, qb, t, tile, col_slot
+
+
+@triton.jit
 def piece_epilogue(
     acc,
     pb,
     qb,
     col0,
+    tile,
+    col_slot,
+    cross,
     g_ptr,
     radial_slots_ptr,
     P,
@@ -77,11 +128,14 @@ def piece_epilogue(
     BLOCK: tl.constexpr,
     WIDTH: tl.constexpr,
     NEED_GRAD: tl.constexpr,
+    SHARDED: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
 ):
     """The transform of columns col0..col0 + WIDTH of tile (pb, qb) of S, held in ``acc``
-    (BLOCK x WIDTH): stores that piece of G and the column radial sums (slot pb), and returns
-    ``(L_red partial, row radial sums)``."""
+    (BLOCK x WIDTH): stores that piece of G (stored tile ``tile``) and the column radial sums
+    (slot row ``col_slot``), and returns ``(L_red partial, row radial sums)``. ``cross``
+    (sharded only): the columns are another rank's rows, so every valid entry is a redundancy
+    term, counted once (no diagonal, no positives, no mirror tile)."""
     acc_dtype = acc.dtype
     r = tl.arange(0, BLOCK)
     c = tl.arange(0, WIDTH)
@@ -92,28 +146,35 @@ def piece_epilogue(
     sample_p = offs_p - view_p * N
     sample_q = offs_q - view_q * N
     valid = (offs_p < P)[:, None] & (offs_q < P)[None, :]
-    redundancy = valid & (sample_p[:, None] != sample_q[None, :])
+    upper = offs_p[:, None] < offs_q[None, :]
+    if SHARDED:  # cross is 0 or 1 (integer sums: a scalar | a block is not boolean everywhere)
+        differ = (sample_p[:, None] != sample_q[None, :]).to(tl.int32)
+        redundancy = valid & (differ + cross > 0)
+        counted = redundancy & (upper.to(tl.int32) + cross > 0)
+    else:
+        redundancy = valid & (sample_p[:, None] != sample_q[None, :])
+        counted = redundancy & upper
     weight = tl.where(view_p[:, None] == view_q[None, :], 2.0, 1.0)
 
     rho = tl.clamp(acc, -1.0, 1.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN
     x = eps - rho * rho
     t_entry = 1.0 + x
     log_t = log1p(x, t_entry)
-    upper = offs_p[:, None] < offs_q[None, :]
-    terms = tl.where(redundancy & upper, weight * log_t * log_t, 0.0)
+    terms = tl.where(counted, weight * log_t * log_t, 0.0)
     red = tl.sum(tl.sum(terms, axis=1), axis=0) * 0.25
 
     row_radial = tl.zeros((BLOCK,), acc_dtype)
     if NEED_GRAD:
         g = tl.where(redundancy, -weight * log_t * rho / t_entry, 0.0)
         stored = to_storage(g * g_scale, g_ptr.dtype.element_ty, EMULATE_RTNE)
-        tile = packed_tile_index(pb, qb)
         tl.store(g_ptr + tile * (BLOCK * BLOCK) + r[:, None] * BLOCK + (col0 + c)[None, :], stored)
         # the radial sums use G as the backward will read it (rounded to its storage type)
         gs = (stored.to(acc_dtype) / g_scale) * acc
         row_radial = tl.sum(gs, axis=1)
-        if pb != qb:
-            tl.store(radial_slots_ptr + pb.to(tl.int64) * P_pad + offs_q, tl.sum(gs, axis=0))
+        if (pb != qb) | (cross > 0):
+            tl.store(
+                radial_slots_ptr + tl.cast(col_slot, tl.int64) * P_pad + offs_q, tl.sum(gs, axis=0)
+            )
     return red, row_radial
 
 
@@ -124,6 +185,10 @@ def tile_epilogue(
     pb,
     qb,
     t,
+    tile,
+    row_slot,
+    col_slot,
+    cross,
     g_ptr,
     red_ptr,
     radial_slots_ptr,
@@ -135,41 +200,67 @@ def tile_epilogue(
     BLOCK: tl.constexpr,
     HALVES: tl.constexpr,
     NEED_GRAD: tl.constexpr,
+    SHARDED: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
 ):
-    """The epilogue of tile (pb, qb), t: the L_red partial, G and the radial slots. With
+    """The epilogue of tile (pb, qb), program tile t: the L_red partial, G (stored tile
+    ``tile``) and the radial slots (rows: slot ``row_slot``; columns: ``col_slot``). With
     HALVES = 2 the tile is held as two column halves, transformed one after the other, so that
     the transform's temporaries are half a tile (a whole 128 x 128 tile's would spill)."""
     WIDTH: tl.constexpr = BLOCK // HALVES
     red, row_radial = piece_epilogue(
-        acc0, pb, qb, 0, g_ptr, radial_slots_ptr, P, P_pad, N, eps, g_scale,
-        BLOCK, WIDTH, NEED_GRAD, EMULATE_RTNE,
+        acc0, pb, qb, 0, tile, col_slot, cross, g_ptr, radial_slots_ptr, P, P_pad, N, eps,
+        g_scale, BLOCK, WIDTH, NEED_GRAD, SHARDED, EMULATE_RTNE,
     )  # fmt: skip
     if HALVES == 2:
         red1, row_radial1 = piece_epilogue(
-            acc1, pb, qb, WIDTH, g_ptr, radial_slots_ptr, P, P_pad, N, eps, g_scale,
-            BLOCK, WIDTH, NEED_GRAD, EMULATE_RTNE,
+            acc1, pb, qb, WIDTH, tile, col_slot, cross, g_ptr, radial_slots_ptr, P, P_pad, N,
+            eps, g_scale, BLOCK, WIDTH, NEED_GRAD, SHARDED, EMULATE_RTNE,
         )  # fmt: skip
         red += red1
         row_radial += row_radial1
     tl.store(red_ptr + t, red)
     if NEED_GRAD:
         offs_p = pb * BLOCK + tl.arange(0, BLOCK)
-        tl.store(radial_slots_ptr + qb.to(tl.int64) * P_pad + offs_p, row_radial)
+        tl.store(radial_slots_ptr + tl.cast(row_slot, tl.int64) * P_pad + offs_p, row_radial)
+
+
+@triton.jit
+def locate_tile(idx, num_blocks, world, rank, upper, P_pad, D_pad, SHARDED: tl.constexpr):
+    """``(pb, qb, tile, row_slot, col_slot, cross, column rank's row offset)`` of program tile
+    ``idx``: the local triangle, or (SHARDED) one rank's share of the global S."""
+    if SHARDED:
+        pb, qb, t, tile, col_slot = sharded_tile(idx, num_blocks, world, upper)
+        row_slot = t * num_blocks + qb
+        cross = (t > 0).to(tl.int32)
+        column_rank = (rank + t) % world
+    else:
+        pb, qb = triangle_tile(idx)
+        tile = packed_tile_index(pb, qb)
+        row_slot = qb
+        col_slot = pb
+        cross = 0
+        column_rank = 0
+    return pb, qb, tile, row_slot, col_slot, cross, tl.cast(column_rank, tl.int64) * P_pad * D_pad
 
 
 @triton.jit
 def gram_forward_kernel(
     zh_ptr,  # (P_pad, D_pad) standardised rows, zero padding
-    g_ptr,  # (tiles, BLOCK, BLOCK) out: packed G tiles, when NEED_GRAD
+    columns_ptr,  # the column rows: zh itself, or (sharded) every rank's zh, (W, P_pad, D_pad)
+    g_ptr,  # (stored tiles, BLOCK, BLOCK) out: G tiles, when NEED_GRAD
     red_ptr,  # (tiles,) out: L_red partial of each tile
-    radial_slots_ptr,  # (NB, P_pad) out: slot k, row p: sum over block k of G_pq S_pq
+    radial_slots_ptr,  # (slots, P_pad) out: slot k, row p: sum over column block k of G_pq S_pq
     split_partial_ptr,  # (SPLIT, tiles, BLOCK, BLOCK) out: partial S tiles when SPLIT > 1
     P,
     P_pad,
     N,
     D_pad,
     num_tiles,
+    num_blocks,
+    world,
+    rank,
+    upper,
     k_per_split,
     eps,
     g_scale,
@@ -178,6 +269,7 @@ def gram_forward_kernel(
     HALVES: tl.constexpr,
     SPLIT: tl.constexpr,
     NEED_GRAD: tl.constexpr,
+    SHARDED: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     WIDEN_DOT: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
@@ -186,14 +278,21 @@ def gram_forward_kernel(
     pid = tl.program_id(0)
     piece = pid // num_tiles
     t = pid - piece * num_tiles
-    pb, qb = triangle_tile(t)
+    pb, qb, tile, row_slot, col_slot, cross, column_base = locate_tile(
+        t, num_blocks, world, rank, upper, P_pad, D_pad, SHARDED
+    )
     r = tl.arange(0, BLOCK)
     c = tl.arange(0, WIDTH)
     offs_k = tl.arange(0, BLOCK_K)
     k_start = piece * k_per_split
     k_end = tl.minimum(k_start + k_per_split, D_pad)
     a_ptrs = zh_ptr + (pb * BLOCK + r).to(tl.int64)[:, None] * D_pad + (k_start + offs_k)[None, :]
-    b_ptrs = zh_ptr + (qb * BLOCK + c).to(tl.int64)[:, None] * D_pad + (k_start + offs_k)[None, :]
+    b_ptrs = (
+        columns_ptr
+        + column_base
+        + (qb * BLOCK + c).to(tl.int64)[:, None] * D_pad
+        + (k_start + offs_k)[None, :]
+    )
     acc0 = tl.zeros((BLOCK, WIDTH), red_ptr.dtype.element_ty)
     acc1 = tl.zeros((BLOCK, WIDTH), red_ptr.dtype.element_ty)
     for _ in range(k_start, k_end, BLOCK_K):
@@ -213,8 +312,9 @@ def gram_forward_kernel(
 
     if SPLIT == 1:
         tile_epilogue(
-            acc0, acc1, pb, qb, t, g_ptr, red_ptr, radial_slots_ptr, P, P_pad, N, eps, g_scale,
-            BLOCK, HALVES, NEED_GRAD, EMULATE_RTNE,
+            acc0, acc1, pb, qb, t, tile, row_slot, col_slot, cross, g_ptr, red_ptr,
+            radial_slots_ptr, P, P_pad, N, eps, g_scale, BLOCK, HALVES, NEED_GRAD, SHARDED,
+            EMULATE_RTNE,
         )  # fmt: skip
     else:
         slot = split_partial_ptr + pid.to(tl.int64) * (BLOCK * BLOCK) + r[:, None] * BLOCK
@@ -232,19 +332,27 @@ def gram_epilogue_kernel(
     P,
     P_pad,
     N,
+    D_pad,
     num_tiles,
+    num_blocks,
+    world,
+    rank,
+    upper,
     eps,
     g_scale,
     BLOCK: tl.constexpr,
     HALVES: tl.constexpr,
     SPLIT: tl.constexpr,
     NEED_GRAD: tl.constexpr,
+    SHARDED: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
 ):
     """Split K: S tile t = the sum of its SPLIT partial tiles, in split order; then the epilogue."""
     WIDTH: tl.constexpr = BLOCK // HALVES
     t = tl.program_id(0)
-    pb, qb = triangle_tile(t)
+    pb, qb, tile, row_slot, col_slot, cross, _ = locate_tile(
+        t, num_blocks, world, rank, upper, P_pad, D_pad, SHARDED
+    )
     r = tl.arange(0, BLOCK)
     c = tl.arange(0, WIDTH)
     offsets = r[:, None] * BLOCK + c[None, :]
@@ -256,8 +364,8 @@ def gram_epilogue_kernel(
         if HALVES == 2:
             acc1 += tl.load(slot + WIDTH + offsets)
     tile_epilogue(
-        acc0, acc1, pb, qb, t, g_ptr, red_ptr, radial_slots_ptr, P, P_pad, N, eps, g_scale,
-        BLOCK, HALVES, NEED_GRAD, EMULATE_RTNE,
+        acc0, acc1, pb, qb, t, tile, row_slot, col_slot, cross, g_ptr, red_ptr, radial_slots_ptr,
+        P, P_pad, N, eps, g_scale, BLOCK, HALVES, NEED_GRAD, SHARDED, EMULATE_RTNE,
     )  # fmt: skip
 
 
@@ -268,16 +376,25 @@ def finalize_kernel(
     align_ptr,
     num_align,
     out_ptr,  # (3,): L, L_align, L_red
-    radial_slots_ptr,  # (NB, P_pad)
+    radial_slots_ptr,  # (slots, P_pad)
     radial_ptr,  # (P_pad,) out: sum of the slots of each row
-    num_slots,
+    num_blocks,
+    world,
+    upper,
     P_pad,
     lambda_param,
     BLOCK: tl.constexpr,
     BLOCK_R: tl.constexpr,
+    TILE: tl.constexpr,
+    SHARDED: tl.constexpr,
 ):
     """Program 0: L = L_align + lambda L_red from the per-tile and per-sample partials. Programs
-    1..: the radial sum of BLOCK_R rows over the slots. Both in a fixed order."""
+    1..: the radial sum of BLOCK_R rows over the slots. Both in a fixed order.
+
+    Sharded, the slots of row p are: (t, qb) for every column rank offset t and column block qb
+    (its own tiles' row sums, or the column sums of the tiles another rank formed, received in
+    place), except on the half block, where the tiles (pb, qb) this rank formed (qb >= pb on the
+    upper rank, qb > pb on the lower) are its own slots and the rest the received half slots."""
     pid = tl.program_id(0)
     acc_dtype = out_ptr.dtype.element_ty
     if pid == 0:
@@ -297,8 +414,25 @@ def finalize_kernel(
         rows = (pid - 1) * BLOCK_R + tl.arange(0, BLOCK_R)
         ok = rows < P_pad
         radial = tl.zeros((BLOCK_R,), acc_dtype)
-        for k in range(0, num_slots):
-            radial += tl.load(radial_slots_ptr + tl.cast(k, tl.int64) * P_pad + rows, mask=ok)
+        if SHARDED:
+            row_block = rows // TILE
+            half = tl.where(world % 2 == 0, world // 2, -1)
+            for k in range(0, world * num_blocks):
+                t = k // num_blocks
+                qb = k - t * num_blocks
+                mine = qb + upper > row_block  # qb >= pb (upper rank), qb > pb (lower)
+                use = ok & (mine.to(tl.int32) + (t != half).to(tl.int32) > 0)
+                slot = radial_slots_ptr + tl.cast(k, tl.int64) * P_pad + rows
+                radial += tl.load(slot, mask=use, other=0.0)
+            if half > 0:
+                first = (world + (world - 1) // 2 + 1) * num_blocks
+                for qb in range(0, num_blocks):
+                    mine = qb + upper > row_block
+                    slot = radial_slots_ptr + tl.cast(first + qb, tl.int64) * P_pad + rows
+                    radial += tl.load(slot, mask=ok & ~mine, other=0.0)
+        else:
+            for k in range(0, num_blocks):
+                radial += tl.load(radial_slots_ptr + tl.cast(k, tl.int64) * P_pad + rows, mask=ok)
         tl.store(radial_ptr + rows, radial, mask=ok)
 
 

@@ -227,7 +227,8 @@ class Launches:
 def launches(plan: Plan, autotune: bool) -> Launches:
     """The launches of ``plan`` (``autotune``: SMI_KERNELS_AUTOTUNE is set)."""
     del autotune  # part of the cache key: the launchers read it
-    common = {"NEED_GRAD": plan.need_grad, "EMULATE_RTNE": emulate_rtne(plan)}
+    common = {"NEED_GRAD": plan.need_grad, "SHARDED": plan.sharded,
+              "EMULATE_RTNE": emulate_rtne(plan)}  # fmt: skip
     kernel, options = forward_launcher(plan)
     forward_options = {"BLOCK": plan.block, "HALVES": plan.halves, "SPLIT": plan.split,
                        "INPUT_PRECISION": plan.precision, "WIDEN_DOT": widen_dot(plan),
@@ -238,7 +239,8 @@ def launches(plan: Plan, autotune: bool) -> Launches:
                                     "SPLIT": plan.split, **common,
                                     **_compile_options(plan.forward[0], plan)})  # fmt: skip
     radial_programs = triton.cdiv(plan.rows_pad, RADIAL_BLOCK) if plan.need_grad else 0
-    finalize_options = {"BLOCK": finalize_block(max(plan.tiles, plan.n)), "BLOCK_R": RADIAL_BLOCK}
+    finalize_options = {"BLOCK": finalize_block(max(plan.tiles, plan.n)), "BLOCK_R": RADIAL_BLOCK,
+                        "TILE": plan.block, "SHARDED": plan.sharded}  # fmt: skip
     if not interpreting(plan):
         finalize_options["enable_fp_fusion"] = True
     finalize = ((1 + radial_programs,), finalize_options)
@@ -247,7 +249,7 @@ def launches(plan: Plan, autotune: bool) -> Launches:
         kernel_b, options_b = backward_launcher(plan)
         grid = (plan.num_blocks * triton.cdiv(plan.d, plan.backward[0].BLOCK_D),)
         options_b = {"V": plan.views, "BLOCK": plan.block, "HALVES": plan.backward_halves,
-                     "INPUT_PRECISION": plan.precision, "WIDEN_DOT": widen_dot(plan),
+                     "SHARDED": plan.sharded, "INPUT_PRECISION": plan.precision, "WIDEN_DOT": widen_dot(plan),
                      "EMULATE_RTNE": emulate_rtne(plan), **options_b}  # fmt: skip
         backward = (kernel_b, grid, options_b)
     return Launches(
@@ -284,41 +286,69 @@ def launch_forward(
     """The forward launches of ``plan`` into ``workspace`` and ``out``."""
     run = launches(plan, configs.autotune_enabled())
     seg = segments(workspace, plan)
+    launch_standardize(plan, run, seg, views, eps)
+    launch_gram(plan, run, seg, seg["zh"], 0, eps)
+    launch_finalize(plan, run, seg, out, lambda_param)
+
+
+def launch_standardize(
+    plan: Plan, run: Launches, seg: dict, views: Sequence[Tensor], eps: float
+) -> None:
+    """zh, s, the positive pairs and L_align of the views (the first launch of a forward)."""
     base, offsets, view_stride = view_offsets(views)
-    p, n = plan.rows, plan.n
     grid, options = run.standardize
     standardize_kernel[grid](
         base, offsets[0], offsets[1], offsets[2], view_stride,
         seg["zh"], seg["s"], seg["projected"], seg["rho"], seg["align_grad"], seg["align"],
-        n, plan.d, plan.d_pad, p, eps, STACKED=view_stride != 0, **options,
+        plan.n, plan.d, plan.d_pad, plan.rows, eps, STACKED=view_stride != 0, **options,
     )  # fmt: skip
+
+
+def launch_gram(
+    plan: Plan, run: Launches, seg: dict, columns: Tensor | Pointer, rank: int, eps: float
+) -> None:
+    """The Gram tiles (and the split-K epilogue): L_red partials, G, the radial slots.
+    ``columns``: zh itself, or (sharded) every rank's zh (W, P_pad, D_pad); ``rank`` its index."""
     scratch = seg["red"]  # a placeholder pointer for buffers a launch does not write
     g = seg["g"] if plan.need_grad else scratch
     slots = seg["radial_slots"] if plan.need_grad else scratch
     partial = seg["split_partial"] if plan.split > 1 else scratch
     scale = g_scale(plan.dtype, eps)
+    shape = (plan.rows, plan.rows_pad, plan.n, plan.d_pad, plan.tiles, plan.num_blocks,
+             plan.world, rank, int(plan.upper))  # fmt: skip
     kernel, grid, options = run.forward
     kernel[grid](
-        seg["zh"], g, seg["red"], slots, partial,
-        p, plan.rows_pad, n, plan.d_pad, plan.tiles, plan.k_per_split, eps, scale, **options,
+        seg["zh"], columns, g, seg["red"], slots, partial, *shape, plan.k_per_split, eps, scale,
+        **options,
     )  # fmt: skip
     if run.epilogue is not None:
         grid, options = run.epilogue
-        gram_epilogue_kernel[grid](
-            g, seg["red"], slots, partial, p, plan.rows_pad, n, plan.tiles, eps, scale, **options
-        )
+        gram_epilogue_kernel[grid](g, seg["red"], slots, partial, *shape, eps, scale, **options)
+
+
+def launch_finalize(plan: Plan, run: Launches, seg: dict, out: Tensor, lambda_param: float) -> None:
+    """L = L_align + lambda L_red (this rank's share, sharded) and the radial sums."""
+    scratch = seg["red"]
+    slots = seg["radial_slots"] if plan.need_grad else scratch
     radial = seg["radial"] if plan.need_grad else scratch
     grid, options = run.finalize
     finalize_kernel[grid](
-        seg["red"], plan.tiles, seg["align"], n, out, slots, radial, plan.num_blocks,
-        plan.rows_pad, lambda_param, **options,
+        seg["red"], plan.tiles, seg["align"], plan.n, out, slots, radial, plan.num_blocks,
+        plan.world, int(plan.upper), plan.rows_pad, lambda_param, **options,
     )  # fmt: skip
 
 
 def backward(
-    grad_out: Tensor, workspace: Tensor, plan: Plan, lambda_param: float, eps: float
+    grad_out: Tensor,
+    workspace: Tensor,
+    plan: Plan,
+    lambda_param: float,
+    eps: float,
+    columns: Tensor | None = None,
+    rank: int = 0,
 ) -> Tensor:
-    """dz (V, N, D) from the forward's workspace and the gradient of (L, L_align, L_red)."""
+    """dz (V, N, D) from the forward's workspace and the gradient of (L, L_align, L_red);
+    ``columns``, ``rank``: every rank's zh and this rank's index (sharded)."""
     # rows of D_pad: aligned, unmasked stores; the caller sees the (V, N, D) view
     dz = _allocate((plan.views, plan.n, plan.d_pad), plan.dtype, workspace.device)
     if grad_out.dtype != plan.accumulator or not grad_out.is_contiguous():
@@ -326,9 +356,10 @@ def backward(
     seg = segments(workspace, plan)
     kernel, grid, options = launches(plan, configs.autotune_enabled()).backward
     kernel[grid](
-        seg["zh"], seg["s"], seg["projected"], seg["g"], seg["radial"], seg["rho"],
-        seg["align_grad"], grad_out, dz, plan.n * plan.d_pad,
-        plan.rows, plan.n, plan.d, plan.d_pad, plan.num_blocks, lambda_param,
+        seg["zh"], seg["zh"] if columns is None else columns, seg["s"], seg["projected"],
+        seg["g"], seg["radial"], seg["rho"], seg["align_grad"], grad_out, dz,
+        plan.n * plan.d_pad, plan.rows, plan.rows_pad, plan.n, plan.d, plan.d_pad,
+        plan.num_blocks, plan.world, rank, int(plan.upper), lambda_param,
         1.0 / g_scale(plan.dtype, eps), **options,
     )  # fmt: skip
     return dz if plan.d_pad == plan.d else dz[..., : plan.d]

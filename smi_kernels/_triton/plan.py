@@ -72,6 +72,8 @@ class Plan:
     d: int
     dtype: torch.dtype
     need_grad: bool
+    world: int
+    upper: bool
     forward: tuple[configs.ForwardConfig, ...]
     backward: tuple[configs.BackwardConfig, ...]
     d_pad: int
@@ -111,8 +113,47 @@ class Plan:
         return self.num_blocks * self.block
 
     @functools.cached_property
-    def tiles(self) -> int:
+    def triangle_tiles(self) -> int:
+        """NB (NB + 1) / 2: the upper tiles of the local S."""
         return self.num_blocks * (self.num_blocks + 1) // 2
+
+    @functools.cached_property
+    def tiles(self) -> int:
+        """Forward programs (before the split), one L_red partial each: the local triangle, and
+        sharded, this rank's other blocks (see :func:`forward_tiles`)."""
+        return forward_tiles(self.num_blocks, self.world, self.upper)
+
+    @functools.cached_property
+    def stored_tiles(self) -> int:
+        """G tiles stored: the triangle, and sharded, NB^2 for each other rank's columns."""
+        return self.triangle_tiles + (self.world - 1) * self.num_blocks**2
+
+    @functools.cached_property
+    def sharded(self) -> bool:
+        return self.world > 1
+
+    @functools.cached_property
+    def full_blocks(self) -> int:
+        """K = (W - 1) // 2: other ranks' blocks formed whole here (sharded)."""
+        return (self.world - 1) // 2
+
+    @functools.cached_property
+    def has_half(self) -> bool:
+        """Even W > 1: one block shared with rank r + W/2, split by tiles."""
+        return self.world > 1 and self.world % 2 == 0
+
+    def slot_rows(self, part: str) -> range:
+        """Rows of the radial slots: "own" (row sums by column rank offset and column block,
+        W NB), "send" (column sums of the blocks formed here, (K + half) NB), "half" (the
+        column sums of the half block received from the partner, NB)."""
+        nb = self.num_blocks
+        own = self.world * nb
+        send = (self.full_blocks + self.has_half) * nb
+        if part == "own":
+            return range(0, own)
+        if part == "send":
+            return range(own, own + send)
+        return range(own + send, own + send + self.has_half * nb)
 
     @functools.cached_property
     def accumulator(self) -> torch.dtype:
@@ -128,6 +169,18 @@ class Plan:
         """``input_precision`` of tl.dot: tf32 for the tensor-core classes, ieee otherwise
         (Triton leaves 16-bit operands as they are under "tf32")."""
         return "ieee" if self.kind == "ieee" else "tf32"
+
+
+def forward_tiles(num_blocks: int, world: int = 1, upper: bool = True) -> int:
+    """Forward tiles of one rank: its triangle NB (NB + 1) / 2, then (sharded over W ranks) K =
+    (W - 1) // 2 whole NB x NB blocks, then for even W its share of the half block: NB (NB + 1)
+    / 2 tiles on the upper rank (rank < W/2), NB (NB - 1) / 2 on the lower."""
+    triangle = num_blocks * (num_blocks + 1) // 2
+    full = (world - 1) // 2 * num_blocks**2
+    half = 0
+    if world > 1 and world % 2 == 0:
+        half = triangle if upper else triangle - num_blocks
+    return triangle + full + half
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -157,8 +210,11 @@ def make_plan(
     dtype: torch.dtype,
     precision: str,
     need_grad: bool,
+    world: int = 1,
+    upper: bool = True,
 ) -> Plan:
-    """The plan of V = ``views`` views of (n, d) in ``dtype`` (see the module docstring)."""
+    """The plan of V = ``views`` views of (n, d) in ``dtype`` (see the module docstring); with
+    ``world`` > 1, of one rank of the sharded mode (``upper``: rank < world / 2)."""
     kind = configs.arithmetic(dtype, precision)
     row = configs.row_for(arch, kind, views * n)
     forward, backward = row.forward, row.backward
@@ -166,7 +222,11 @@ def make_plan(
     block = forward[0].BLOCK
     nb = math.ceil(p / block)
     p_pad = nb * block
-    tiles = nb * (nb + 1) // 2
+    upper = upper or world % 2 == 1 or world == 1  # only even W tells the two sides apart
+    tiles = forward_tiles(nb, world, upper)
+    stored = nb * (nb + 1) // 2 + (world - 1) * nb * nb
+    full, half = (world - 1) // 2, int(world > 1 and world % 2 == 0)
+    slots = (world + full + 2 * half) * nb
     # one D_pad for every forward candidate: the largest K step (a multiple of every other)
     k_step = max(c.BLOCK_K for c in forward)
     d_pad = _round_up(d, k_step)
@@ -187,8 +247,8 @@ def make_plan(
         shapes.append(("split_partial", (split, tiles, block, block), acc))
     if need_grad:
         shapes += [
-            ("g", (tiles, block, block), dtype),
-            ("radial_slots", (nb, p_pad), acc),
+            ("g", (stored, block, block), dtype),
+            ("radial_slots", (slots, p_pad), acc),
             ("radial", (p_pad,), acc),
         ]
     segments: dict[str, Segment] = {}
@@ -205,6 +265,8 @@ def make_plan(
         d=d,
         dtype=dtype,
         need_grad=need_grad,
+        world=world,
+        upper=upper,
         forward=forward,
         backward=backward,
         d_pad=d_pad,
@@ -252,8 +314,9 @@ def device_architecture(device: torch.device) -> str:
 
 
 def plan_for(views: int, n: int, d: int, dtype: torch.dtype, device: torch.device,
-             need_grad: bool) -> Plan:  # fmt: skip
-    """The cached plan of a problem on ``device`` at the current float32 matmul precision."""
+             need_grad: bool, world: int = 1, upper: bool = True) -> Plan:  # fmt: skip
+    """The cached plan of a problem on ``device`` at the current float32 matmul precision
+    (``world``, ``upper``: one rank of the sharded mode)."""
     return make_plan(
         device_architecture(device),
         sm_count(device),
@@ -263,4 +326,6 @@ def plan_for(views: int, n: int, d: int, dtype: torch.dtype, device: torch.devic
         dtype,
         torch.get_float32_matmul_precision(),
         need_grad,
+        world,
+        upper,
     )

@@ -1,0 +1,125 @@
+"""The sharded mode on the Triton kernels: one rank's share of the global S, G and dZ.
+
+The same kernels as the local mode, with ``SHARDED`` set (see :mod:`smi_kernels.sharded` for the
+math and the schedule). Rank r of W, P_pad rows a rank, NB row blocks of B:
+
+1. standardise the rank's views into zh (P_pad, D_pad) as in the local mode;
+2. all-gather zh (padding included): ``columns`` (W, P_pad, D_pad), so a tile of columns never
+   straddles two ranks;
+3. the Gram kernel over this rank's tiles (``plan.forward_tiles``): its triangle, K whole NB x NB
+   blocks of the ranks r + 1..r + K, and for even W its half of the block with rank r + W/2;
+   each writes its L_red partial, its G tile and its radial sums (row sums for this rank's
+   rows, column sums for the other rank's rows);
+4. with a gradient, point to point: each whole block's G tiles and column sums go to the rank
+   of its columns, which stores them where its own tiles for that offset would be (offset
+   W - t) and reads them transposed; the two halves of a half block are swapped likewise;
+5. the fixed-order reduction: this rank's share (L_r, L_align,r, L_red,r) and the radial sum of
+   its rows; then the shares are all-reduced.
+
+Stored G of one rank (``plan.stored_tiles``): the triangle, then one NB^2-tile slot per column
+rank offset t = 1..W-1. Slot t holds the whole block (pb, qb) row-major when this rank formed it
+(t <= K), the block its peer formed (tile (qb, pb) of the peer's frame, read transposed) for
+t >= W - K, and for the half offset the upper rank's triangle (with diagonal tiles) followed by
+the lower rank's strict triangle, each formed by one of the two and sent to the other. That is
+NB^2 (W - 1) + NB (NB + 1) / 2 tiles: this rank's P_local x P_global band of G and no more.
+
+The backward kernel walks, for its row block, every column rank offset t with the column blocks
+[0, split) read transposed and [split, NB) as stored (``split``: pb on the triangle, 0 on the
+blocks formed here, NB on received ones, pb or pb + 1 on the half block), then the same row
+epilogue as the local mode; the incoming gradients are all-reduced first, so that rank r's rows
+receive ``sum over ranks of c_r' dL/dz_r`` as in gather mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from smi_kernels._triton import configs, op
+from smi_kernels._triton.plan import Plan, plan_for, segment
+from smi_kernels.sharded import Communicator, Schedule
+
+
+def sharded_plan(views: Sequence[Tensor], schedule: Schedule, need_grad: bool) -> Plan:
+    """The plan of one rank of ``schedule`` for its views."""
+    n, d = views[0].shape
+    return plan_for(len(views), n, d, views[0].dtype, views[0].device, need_grad,
+                    schedule.world, schedule.upper)  # fmt: skip
+
+
+def _tile_rows(plan: Plan, workspace: Tensor, first: int, count: int) -> Tensor:
+    """Stored G tiles [first, first + count) as one contiguous tensor (a view of the workspace)."""
+    return segment(workspace, plan, "g")[first : first + count]
+
+
+def _slot_rows(plan: Plan, workspace: Tensor, first: int, count: int) -> Tensor:
+    return segment(workspace, plan, "radial_slots")[first : first + count]
+
+
+def messages(
+    plan: Plan, workspace: Tensor, schedule: Schedule
+) -> tuple[list[tuple[int, Tensor]], list[tuple[int, Tensor]]]:
+    """``(sends, receives)``: the G tiles and column sums of the blocks this rank formed, to the
+    rank of their columns; the buffers (views of the workspace) the other ranks' land in."""
+    nb = plan.num_blocks
+    square = nb * nb
+    tri = plan.triangle_tiles
+    own = plan.slot_rows("own").start
+    send = plan.slot_rows("send").start
+    sends: list[tuple[int, Tensor]] = []
+    receives: list[tuple[int, Tensor]] = []
+    for t in schedule.computed:
+        peer = schedule.peer(t)
+        sends.append((peer, _tile_rows(plan, workspace, tri + (t - 1) * square, square)))
+        sends.append((peer, _slot_rows(plan, workspace, send + (t - 1) * nb, nb)))
+    for t in schedule.received:
+        peer = schedule.peer(t)
+        receives.append((peer, _tile_rows(plan, workspace, tri + (t - 1) * square, square)))
+        receives.append((peer, _slot_rows(plan, workspace, own + t * nb, nb)))
+    if schedule.has_half:
+        t = schedule.half
+        peer = schedule.peer(t)
+        base = tri + (t - 1) * square
+        upper_part = _tile_rows(plan, workspace, base, tri)
+        lower_part = _tile_rows(plan, workspace, base + tri, tri - nb)
+        mine, theirs = (upper_part, lower_part) if schedule.upper else (lower_part, upper_part)
+        sends.append((peer, mine))
+        sends.append((peer, _slot_rows(plan, workspace, send + (t - 1) * nb, nb)))
+        receives.append((peer, theirs))
+        receives.append((peer, _slot_rows(plan, workspace, plan.slot_rows("half").start, nb)))
+    return sends, receives
+
+
+def forward(
+    views: Sequence[Tensor], lambda_param: float, eps: float, need_grad: bool, comm: Communicator
+) -> tuple[Tensor, tuple[Tensor, ...], Plan]:
+    """``(out, saved, plan)``: the global ``(L, L_align, L_red)`` (the shares all-reduced), and
+    what the backward needs (the workspace and every rank's zh)."""
+    schedule = Schedule(comm.world_size, comm.rank)
+    plan = sharded_plan(views, schedule, need_grad)
+    device = views[0].device
+    workspace = op._allocate_workspace(plan, device)
+    out = op._allocate((3,), plan.accumulator, device)
+    run = op.launches(plan, configs.autotune_enabled())
+    seg = op.segments(workspace, plan)
+    op.launch_standardize(plan, run, seg, views, eps)
+    columns = comm.all_gather(segment(workspace, plan, "zh"))
+    op.launch_gram(plan, run, seg, columns, schedule.rank, eps)
+    if need_grad:
+        comm.exchange(*messages(plan, workspace, schedule))
+    op.launch_finalize(plan, run, seg, out, lambda_param)
+    out = comm.all_reduce(out)
+    # the loss of the global batch: L = L_align + lambda L_red of the summed terms
+    out[0] = out[1] + lambda_param * out[2]
+    return out, (workspace, columns), plan
+
+
+def backward(
+    grad_out: Tensor, saved: Sequence[Tensor], plan: Plan, lambda_param: float, eps: float,
+    rank: int,
+) -> Tensor:  # fmt: skip
+    """dz (V, N, D) of this rank's views; ``grad_out`` is the all-reduced incoming gradient."""
+    workspace, columns = saved
+    return op.backward(grad_out, workspace, plan, lambda_param, eps, columns, rank)
+
