@@ -10,8 +10,8 @@ one process that sees the whole batch.
 The plumbing of ``gather_distributed="sharded"`` (see :mod:`smi_kernels.sharded`) lives here too:
 :func:`check_same_shapes` (one small all-gather a call, so that uneven inputs raise the same
 ``ValueError`` on every rank instead of hanging in a collective) and
-:class:`ProcessGroupCommunicator`, the all-gather, all-reduce and point-to-point exchange that mode needs, without
-gradients (its autograd function differentiates by hand).
+:class:`ProcessGroupCommunicator`, the all-gather, all-reduce and point-to-point exchange that
+mode needs, without gradients (its autograd function differentiates by hand).
 """
 
 from __future__ import annotations

@@ -374,7 +374,8 @@ class _ShardedSMIFunction(torch.autograd.Function):
         p_local, d = zh_flat.shape
         n = p_local // v_count
 
-        pieces = [(rows, g, peer, cols) for (rows, peer, cols), g in zip(ctx.pieces, blocks)]
+        layout = zip(ctx.pieces, blocks, strict=True)
+        pieces = [(rows, g, peer, cols) for (rows, peer, cols), g in layout]
         dzh = band_gradient(pieces, zh_all, p_local).mul_(c_red).view(v_count, n, d)
         zh = zh_flat.view(v_count, n, d)
         add_alignment_gradient(dzh, zh, (c_align * align_grad).unsqueeze(-1), ctx.pairs)

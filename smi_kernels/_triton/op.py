@@ -249,7 +249,8 @@ def launches(plan: Plan, autotune: bool) -> Launches:
         kernel_b, options_b = backward_launcher(plan)
         grid = (plan.num_blocks * triton.cdiv(plan.d, plan.backward[0].BLOCK_D),)
         options_b = {"V": plan.views, "BLOCK": plan.block, "HALVES": plan.backward_halves,
-                     "SHARDED": plan.sharded, "INPUT_PRECISION": plan.precision, "WIDEN_DOT": widen_dot(plan),
+                     "SHARDED": plan.sharded,
+                     "INPUT_PRECISION": plan.precision, "WIDEN_DOT": widen_dot(plan),
                      "EMULATE_RTNE": emulate_rtne(plan), **options_b}  # fmt: skip
         backward = (kernel_b, grid, options_b)
     return Launches(

@@ -122,4 +122,3 @@ def backward(
     """dz (V, N, D) of this rank's views; ``grad_out`` is the all-reduced incoming gradient."""
     workspace, columns = saved
     return op.backward(grad_out, workspace, plan, lambda_param, eps, columns, rank)
-
