@@ -472,15 +472,16 @@ DISTRIBUTED_MODES = (
     (
         "sharded",
         "'sharded'",
-        "all-gather of zh; three tiny collectives (shapes, shares, incoming gradients)",
+        "all-gather of zh; G blocks of the shared pairs point to point (P_local x P_global / 2); "
+        "three tiny collectives",
     ),
 )
 
 
 def distributed_rows(n: int, d: int, devices: int, views: int = 2) -> list[dict[str, Any]]:
     """Per-rank multiply-adds of SMI's three distributed modes, the global batch of ``n`` per
-    view split over ``devices`` ranks (cost model: fused counts for local and gather, the band
-    P_local x P_global for sharded)."""
+    view split over ``devices`` ranks (cost model: fused counts for local and gather, each
+    rank's share of the pairs and its rows of G_sym Z for sharded)."""
     local_n = n // devices
     gather_total = sum(cost_model.distributed_macs(local_n, d, devices, views, mode="gather"))
     rows = []
@@ -536,9 +537,9 @@ def format_distributed_table(
         f"ranks of {n // devices}, D = {d}, two views (smi_kernels.flops.distributed_macs)"
     )
     outro = (
-        "gather and sharded compute the same global-batch loss and gradients; sharded computes "
-        "only each rank's rows of S against all columns (forward 1/W of the full square S, 2/W "
-        "of gather's upper triangle; backward exactly 1/W of gather's G_sym Z)."
+        "gather and sharded compute the same global-batch loss and gradients; sharded forms each "
+        "pair of rank blocks of S on one rank (forward 1/W of gather's upper triangle) and only "
+        "its own rows of G_sym Z (backward 1/W): W times less work per rank."
     )
     return (
         "\n".join(textwrap.wrap(intro, 100))

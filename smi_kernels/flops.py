@@ -20,7 +20,9 @@ P_global = W P_local (:func:`distributed_macs`; forward and backward):
 
     local    (no gather)    P_local^2 D / 2,  P_local^2 D     the fused counts of the local batch
     gather   (=True)        P_global^2 D / 2, P_global^2 D    the whole global S on every rank
-    sharded  ("sharded")    P_local P_global D, twice         this rank's rows of S, all columns
+    sharded  ("sharded")    P_global^2 D / (2 W),             this rank's share of S (each pair
+                            P_local P_global D                formed on one rank) and its rows
+                                                              of G_sym Z: 1/W of gather mode
 
 Nothing here touches a device: these are integers from shapes. :func:`fvcore_handles` gives
 fvcore the fused op's cost, since fvcore cannot see inside a Triton kernel.
@@ -94,23 +96,30 @@ DISTRIBUTED_MODES = ("local", "gather", "sharded")
 
 
 def sharded_forward_macs(n_local: int, d: int, world: int, views: int = 2) -> int:
-    """MACs of one rank's sharded forward: ``P_local P_global D`` (its band of S).
+    """MACs of one rank's sharded forward: ``P_local^2 W D / 2 = P_global^2 D / (2 W)``.
 
-    That is ``P_global^2 D / W``: 1/W of the full square, 2/W of gather mode's fused triangle
-    (the band's entries between two ranks are formed on both, so that the backward needs no
-    gradient communication; see :mod:`smi_kernels.sharded`).
+    Its own triangle (P_local^2 / 2), K = (W - 1) // 2 whole P_local x P_local blocks with other
+    ranks, and for even W half of one more: every pair of rank blocks is formed on one rank, so
+    this is exactly 1/W of gather mode's fused triangle ``P_global^2 D / 2`` (see
+    :mod:`smi_kernels.sharded`). Counted as the mathematical share; the Triton kernels round the
+    half block to whole tiles (``P_local B / 2`` entries more on the upper rank of the pair, as
+    many fewer on the lower, B the tile).
     """
     _check(n_local, d, views)
     if world < 1:
         raise ValueError(f"world must be positive, got {world}")
     p_local = views * n_local
-    return p_local * world * p_local * d
+    return p_local * p_local * world * d // 2
 
 
 def sharded_backward_macs(n_local: int, d: int, world: int, views: int = 2) -> int:
-    """MACs of one rank's sharded backward: ``P_local P_global D`` (``G[R_r, :] Z``), exactly 1/W
-    of gather mode's ``G_sym Z``."""
-    return sharded_forward_macs(n_local, d, world, views)
+    """MACs of one rank's sharded backward: ``P_local P_global D`` (``G_sym[R_r, :] Z``), exactly
+    1/W of gather mode's ``G_sym Z``."""
+    _check(n_local, d, views)
+    if world < 1:
+        raise ValueError(f"world must be positive, got {world}")
+    p_local = views * n_local
+    return p_local * world * p_local * d
 
 
 def distributed_macs(
@@ -119,12 +128,12 @@ def distributed_macs(
     """``(forward, backward)`` MACs on one rank of W with ``n_local`` samples per view.
 
     ``mode``: "local" (each rank its own batch), "gather" (the global batch whole on every rank,
-    fused counts) or "sharded" (each rank its rows of the global S).
+    fused counts) or "sharded" (each rank its share of the global S and its rows of dZ).
 
     Example:
         >>> from smi_kernels.flops import distributed_macs
         >>> [sum(distributed_macs(256, 8192, 8, mode=m)) / 1e9 for m in ("gather", "sharded")]
-        [206.158430208, 34.359738368]
+        [206.158430208, 25.769803776]
     """
     if mode == "local":
         return fused_forward_macs(n_local, d, views), fused_backward_macs(n_local, d, views)

@@ -34,10 +34,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
 from smi_kernels._triton import configs, op
-from smi_kernels._triton.plan import Plan, plan_for, segment
+from smi_kernels._triton.plan import Plan, device_architecture, make_plan, plan_for, segment
 from smi_kernels.sharded import Communicator, Schedule
 
 
@@ -105,7 +107,13 @@ def forward(
     seg = op.segments(workspace, plan)
     op.launch_standardize(plan, run, seg, views, eps)
     columns = comm.all_gather(segment(workspace, plan, "zh"))
-    op.launch_gram(plan, run, seg, columns, schedule.rank, eps)
+    if op._eager(device):
+        op.launch_gram(plan, run, seg, columns, schedule.rank, eps)
+    else:  # a dispatch mode (FlopCounterMode, ...) sees the registered op and its FLOP formula
+        torch.ops.smi_kernels.smi_sharded_gram(
+            columns, workspace, [len(views), *views[0].shape], views[0].dtype,
+            torch.get_float32_matmul_precision(), need_grad, schedule.world, schedule.rank, eps,
+        )  # fmt: skip
     if need_grad:
         comm.exchange(*messages(plan, workspace, schedule))
     op.launch_finalize(plan, run, seg, out, lambda_param)
@@ -116,9 +124,104 @@ def forward(
 
 
 def backward(
-    grad_out: Tensor, saved: Sequence[Tensor], plan: Plan, lambda_param: float, eps: float,
+    grad_out: Tensor,
+    saved: Sequence[Tensor],
+    plan: Plan,
+    lambda_param: float,
+    eps: float,
     rank: int,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """dz (V, N, D) of this rank's views; ``grad_out`` is the all-reduced incoming gradient."""
     workspace, columns = saved
-    return op.backward(grad_out, workspace, plan, lambda_param, eps, columns, rank)
+    if op._eager(workspace.device):
+        return op.backward(grad_out, workspace, plan, lambda_param, eps, columns, rank)
+    return torch.ops.smi_kernels.smi_sharded_backward(
+        grad_out, workspace, columns, [plan.views, plan.n, plan.d], plan.dtype,
+        _precision(plan), plan.world, rank, lambda_param, eps,
+    )  # fmt: skip
+
+
+def _precision(plan: Plan) -> str:
+    """A float32 matmul precision that gives ``plan``'s arithmetic kind."""
+    return "highest" if plan.kind == "ieee" else "high"
+
+
+# ---------------------------------------------------------------- registered ops
+
+
+def _plan_of(z_shape: Sequence[int], dtype: torch.dtype, device: torch.device, precision: str,
+             need_grad: bool, world: int, rank: int) -> Plan:  # fmt: skip
+    from smi_kernels._triton.plan import sm_count
+
+    v, n, d = z_shape
+    schedule = Schedule(world, rank)
+    return make_plan(device_architecture(device), sm_count(device), v, n, d, dtype, precision,
+                     need_grad, world, schedule.upper)  # fmt: skip
+
+
+@torch.library.custom_op("smi_kernels::smi_sharded_gram", mutates_args=("workspace",))
+def smi_sharded_gram(
+    columns: Tensor,
+    workspace: Tensor,
+    z_shape: list[int],
+    dtype: torch.dtype,
+    precision: str,
+    need_grad: bool,
+    world: int,
+    rank: int,
+    eps: float,
+) -> None:
+    """The Gram launches of rank ``rank`` of ``world`` (views of ``z_shape`` (V, n, D)) into its
+    workspace, from every rank's zh ``columns``: what a dispatch mode sees of the forward."""
+    plan = _plan_of(z_shape, dtype, workspace.device, precision, need_grad, world, rank)
+    run = op.launches(plan, configs.autotune_enabled())
+    op.launch_gram(plan, run, op.segments(workspace, plan), columns, rank, eps)
+
+
+@smi_sharded_gram.register_fake
+def _smi_sharded_gram_fake(columns, workspace, z_shape, dtype, precision, need_grad, world,
+                           rank, eps) -> None:  # fmt: skip
+    return None
+
+
+@torch.library.custom_op("smi_kernels::smi_sharded_backward", mutates_args=())
+def smi_sharded_backward(
+    grad_out: Tensor,
+    workspace: Tensor,
+    columns: Tensor,
+    z_shape: list[int],
+    dtype: torch.dtype,
+    precision: str,
+    world: int,
+    rank: int,
+    lambda_param: float,
+    eps: float,
+) -> Tensor:
+    """dz (V, n, D) of rank ``rank`` from its workspace (the exchange done) and the summed
+    incoming gradient."""
+    plan = _plan_of(z_shape, dtype, workspace.device, precision, True, world, rank)
+    return op.backward(grad_out, workspace, plan, lambda_param, eps, columns, rank).clone()
+
+
+@smi_sharded_backward.register_fake
+def _smi_sharded_backward_fake(grad_out, workspace, columns, z_shape, dtype, precision, world,
+                               rank, lambda_param, eps) -> Tensor:  # fmt: skip
+    return workspace.new_empty(tuple(z_shape), dtype=dtype)
+
+
+@register_flop_formula(torch.ops.smi_kernels.smi_sharded_gram)
+def _sharded_gram_flops(columns_shape, workspace_shape, z_shape, dtype, precision, need_grad,
+                        world, *args, **kwargs) -> int:  # fmt: skip
+    from smi_kernels import flops
+
+    v, n, d = z_shape
+    return 2 * flops.sharded_forward_macs(n, d, world, v)
+
+
+@register_flop_formula(torch.ops.smi_kernels.smi_sharded_backward)
+def _sharded_backward_flops(grad_shape, workspace_shape, columns_shape, z_shape, dtype,
+                            precision, world, *args, **kwargs) -> int:  # fmt: skip
+    from smi_kernels import flops
+
+    v, n, d = z_shape
+    return 2 * flops.sharded_backward_macs(n, d, world, v)
