@@ -138,16 +138,25 @@ def recording() -> Iterator[list[Launch]]:
 
 
 def record_step(plan: Plan) -> list[Launch]:
-    """The launches of one forward + backward of ``plan``, as the op makes them."""
+    """The launches of one forward + backward of ``plan``, as the op makes them (sharded: those
+    of rank 0, as ``smi_kernels._triton.sharded`` makes them, the collectives left out)."""
     n, d = plan.n, plan.d
     # separately allocated views: view u at its own aligned address
     views = [StandIn(plan.dtype, (n, d), (1 << 30) * (u + 1)) for u in range(plan.views)]
     workspace = StandIn(torch.uint8, (plan.workspace_bytes,), 1 << 28)
     out = StandIn(plan.accumulator, (3,), 1 << 22)
     with recording() as launches:
-        op.launch_forward(plan, views, workspace, out, 5e-3, 1e-4)
+        if plan.sharded:
+            columns = StandIn(plan.dtype, (plan.world, plan.rows_pad, plan.d_pad), 1 << 36)
+            run, seg = op.launches(plan, False), op.segments(workspace, plan)
+            op.launch_standardize(plan, run, seg, views, 1e-4)
+            op.launch_gram(plan, run, seg, columns, 0, 1e-4)
+            op.launch_finalize(plan, run, seg, out, 5e-3)
+        else:
+            columns = None
+            op.launch_forward(plan, views, workspace, out, 5e-3, 1e-4)
         if plan.need_grad:
-            op.backward(StandIn(plan.accumulator, (3,)), workspace, plan, 5e-3, 1e-4)
+            op.backward(StandIn(plan.accumulator, (3,)), workspace, plan, 5e-3, 1e-4, columns)
     return launches
 
 
@@ -254,17 +263,27 @@ class Problem:
     views: int
     n: int
     d: int
+    world: int = 1  # > 1: rank 0 of the sharded mode over this many ranks
 
 
 #: one problem per row of the config table (P <= 1024 and above), a width that is not a
-#: multiple of 16, and four views (the standardisation's chunked, multi-pass form)
+#: multiple of 16, four views (the standardisation's chunked, multi-pass form), and the sharded
+#: mode on 8 ranks at both per-rank sizes (the SHARDED variants of the Gram, finalize and
+#: backward kernels)
 PROBLEMS = (
     Problem(2, 256, 8192),
     Problem(2, 2048, 8192),
     Problem(2, 2048, 1000),
     Problem(4, 256, 8192),
+    Problem(2, 256, 8192, world=8),
+    Problem(2, 2048, 8192, world=8),
 )
-QUICK_PROBLEMS = (Problem(2, 256, 8192), Problem(2, 2048, 8192), Problem(2, 2048, 1000))
+QUICK_PROBLEMS = (
+    Problem(2, 256, 8192),
+    Problem(2, 2048, 8192),
+    Problem(2, 2048, 1000),
+    Problem(2, 2048, 8192, world=8),
+)
 
 
 def candidate_plans(plan: Plan, every: bool) -> Iterator[tuple[str, Plan]]:
@@ -299,7 +318,7 @@ def run(
             dtype, precision = SETTINGS[setting]
             for problem in problems:
                 plan = make_plan(arch, LIMITS[arch]["sms"], problem.views, problem.n, problem.d,
-                                 dtype, precision, True)  # fmt: skip
+                                 dtype, precision, True, problem.world)  # fmt: skip
                 seen = set()
                 for label, variant in candidate_plans(plan, every):
                     for launch in record_step(variant):
@@ -311,7 +330,8 @@ def run(
                         seen.add(key)
                         row = report_launch(launch, arch)
                         row.update(arch=arch, setting=setting, views=problem.views, n=problem.n,
-                                   d=problem.d, rows=plan.rows, which=label)  # fmt: skip
+                                   d=problem.d, rows=plan.rows, world=problem.world,
+                                   which=label)  # fmt: skip
                         rows.append(row)
                         if echo:
                             print(_line(row), flush=True)
@@ -331,11 +351,18 @@ def verdict(row: dict[str, Any]) -> str:
 
 def _config_text(row: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in row["config"].items() if k not in ("EMULATE_RTNE",
-                    "WIDEN_DOT", "NEED_GRAD", "V", "V_BLOCK", "INPUT_PRECISION"))  # fmt: skip
+                    "WIDEN_DOT", "NEED_GRAD", "V", "V_BLOCK", "INPUT_PRECISION", "SHARDED",
+                    "TILE"))  # fmt: skip
+
+
+def _rows_text(row: dict[str, Any]) -> str:
+    """P, and for the sharded mode the number of ranks (P is then P_local)."""
+    world = row.get("world", 1)
+    return f"{row['rows']}" if world == 1 else f"{row['rows']} x W{world}"
 
 
 def _line(row: dict[str, Any]) -> str:
-    head = (f"{row['arch']} {row['setting']:<13} P={row['rows']:<5} D={row['d']:<5} "
+    head = (f"{row['arch']} {row['setting']:<13} P={_rows_text(row):<8} D={row['d']:<5} "
             f"{row['which']:<11} {row['kernel']:<22}")  # fmt: skip
     if not row["compiles"]:
         return f"{head} FAILS {row['error'][:120]}"
@@ -352,12 +379,12 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
         if not row["compiles"]:
-            lines.append(f"| {row['arch']} | {row['setting']} | {row['rows']} | {row['d']} | "
+            lines.append(f"| {row['arch']} | {row['setting']} | {_rows_text(row)} | {row['d']} | "
                          f"{row['which']} | {row['kernel']} | {_config_text(row)} | | | | | | | | "
                          f"FAILS: {row['error'][:80]} |")  # fmt: skip
             continue
         lines.append(
-            f"| {row['arch']} | {row['setting']} | {row['rows']} | {row['d']} | {row['which']} | "
+            f"| {row['arch']} | {row['setting']} | {_rows_text(row)} | {row['d']} | {row['which']} | "
             f"{row['kernel']} | {_config_text(row)} | {row['shared']} / {row['shared_limit']} | "
             f"{row['registers']} | {row['spill_stores']}/{row['spill_loads']} | {row['mma']} | "
             f"{row['cp_async']} | {row['tma']} | {row['ctas_per_sm']} | {verdict(row)} |"

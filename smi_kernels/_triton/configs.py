@@ -129,6 +129,23 @@ def table_rows(arch: str, kind: str) -> tuple[Row, ...]:
     return _TABLE[(arch, "any" if arch == "interpreter" else kind)]
 
 
-def row_for(arch: str, kind: str, rows: int) -> Row:
-    """The row that applies to ``rows`` = P stacked rows."""
-    return next(row for row in table_rows(arch, kind) if rows <= row.max_rows)
+#: rows of the sharded mode where the local row's configs spill there: (architecture, class,
+#: max_rows) -> the row. Its kernels find their tile's column rank (forward) and walk every
+#: column rank in an outer loop (backward), which holds a few more values live: sm_80 16-bit
+#: backward at 4 warps reaches 255 registers and 36 B of spills, the sm_90 IEEE forward
+#: candidate at 4 warps 4 B
+_SHARDED_ROWS: dict[tuple[str, str, int], Row] = {
+    ("sm80", "mma16", 1024): Row(
+        1024, (F(64, 64, 8, 3), F(64, 64, 8, 4)), (B(64, 128, 8, 3), B(64, 64, 4, 3))
+    ),
+    ("sm90", "ieee", _ANY): Row(
+        _ANY, (F(64, 32, 8, 3), F(64, 32, 8, 4)), (B(32, 64, 4, 3), B(16, 64, 4, 4))
+    ),
+}
+
+
+def row_for(arch: str, kind: str, rows: int, sharded: bool = False) -> Row:
+    """The row that applies to ``rows`` = P stacked rows (``sharded``: of one rank of the
+    sharded mode, P = P_local)."""
+    row = next(row for row in table_rows(arch, kind) if rows <= row.max_rows)
+    return _SHARDED_ROWS.get((arch, kind, row.max_rows), row) if sharded else row

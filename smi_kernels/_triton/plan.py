@@ -216,7 +216,7 @@ def make_plan(
     """The plan of V = ``views`` views of (n, d) in ``dtype`` (see the module docstring); with
     ``world`` > 1, of one rank of the sharded mode (``upper``: rank < world / 2)."""
     kind = configs.arithmetic(dtype, precision)
-    row = configs.row_for(arch, kind, views * n)
+    row = configs.row_for(arch, kind, views * n, world > 1)
     forward, backward = row.forward, row.backward
     p = views * n
     block = forward[0].BLOCK
