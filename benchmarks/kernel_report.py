@@ -385,7 +385,8 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
             continue
         lines.append(
             f"| {row['arch']} | {row['setting']} | {_rows_text(row)} | {row['d']} | "
-            f"{row['which']} | {row['kernel']} | {_config_text(row)} | {row['shared']} / {row['shared_limit']} | "
+            f"{row['which']} | {row['kernel']} | {_config_text(row)} | "
+            f"{row['shared']} / {row['shared_limit']} | "
             f"{row['registers']} | {row['spill_stores']}/{row['spill_loads']} | {row['mma']} | "
             f"{row['cp_async']} | {row['tma']} | {row['ctas_per_sm']} | {verdict(row)} |"
         )
