@@ -15,12 +15,20 @@ PyTorch path:
     G (P x P) saved, plus one N x N block and its transform temporaries, the previous
     block's still alive while the next is computed (6 N^2 b, followed op by op)
     backward: dzh and dz                         2 P D b
-Sharded mode (PyTorch path, per rank; n samples per view, P_local = V n, P_global = W P_local):
+Sharded mode, per rank (n samples per view, P_local = V n, P_global = W P_local); this rank's
+band of G is its own pieces and the pieces the other ranks formed and sent:
+  PyTorch path:
     stacked input, zh, one temporary             3 P_local D b
     gathered zh (saved)                          P_global D b
     G band (saved)                               P_local P_global b, only with a gradient
-    one n x P_global slab of S and its transform 4 n P_global b
+    one P_local x P_local block of S and its     4 P_local^2 b
+    transform temporaries
     backward: dzh and dz                         2 P_local D b
+  Triton path (NB = ceil(P_local / B), K = (W - 1) // 2, h = 1 for even W):
+    zh and the gathered zh (saved)               (P_local + P_global) D b
+    G (saved)                                    (NB (NB + 1) / 2 + (W - 1) NB^2) B^2 b
+    radial slots                                 (W + K + 2 h) NB^2 B a
+    backward: dz                                 P_local D b
 
 The check runs before either path allocates: on CUDA it compares the forward's new allocations
 with the free device memory plus what PyTorch's caching allocator holds unused; on the CPU with
@@ -115,26 +123,52 @@ def torch_estimate(
 
 
 def sharded_estimate(
-    n_local: int, d: int, views: int, world: int, dtype: torch.dtype, need_grad: bool
+    n_local: int,
+    d: int,
+    views: int,
+    world: int,
+    dtype: torch.dtype,
+    need_grad: bool,
+    backend: str = "torch",
+    block: int = 64,
 ) -> MemoryEstimate:
-    """Bytes on one rank of ``gather_distributed="sharded"`` (PyTorch path): its band of G
-    (P_local x P_global) and the gathered zh (P_global x D), never the global S or G.
+    """Bytes on one rank of ``gather_distributed="sharded"``: its band of G (P_local x
+    P_global at most) and the gathered zh (P_global x D), never the global S or G. ``backend``:
+    "torch" or "triton" (G tiles of side ``block``).
 
     Example:
         >>> import torch
         >>> from smi_kernels.memory import sharded_estimate
         >>> sharded_estimate(256, 8192, 2, 8, torch.float32, True).gradient_matrix / 2**20
         8.0
+        >>> triton = sharded_estimate(256, 8192, 2, 8, torch.bfloat16, True, "triton")
+        >>> triton.gradient_matrix / 2**20
+        3.78125
     """
-    compute = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
-    b, a = _sizes(compute)
     p_local = views * n_local
     p_global = world * p_local
+    if backend == "triton":
+        b, a = _sizes(dtype)
+        nb = math.ceil(p_local / block)
+        full, half = (world - 1) // 2, int(world % 2 == 0 and world > 1)
+        stored = nb * (nb + 1) // 2 + (world - 1) * nb * nb
+        tiles = nb * (nb + 1) // 2 + full * nb * nb + half * nb * (nb + 1) // 2  # upper rank
+        slots = (world + full + 2 * half) * nb
+        return MemoryEstimate(
+            stacked_input=p_local * d * b,
+            standardized=(p_local + p_global) * d * b,
+            gradient_matrix=stored * block * block * b if need_grad else 0,
+            partials=slots * nb * block * a if need_grad else 0,
+            vectors=(2 * p_local + 2 * views * views * n_local + n_local + tiles + 3) * a,
+            backward=p_local * d * b if need_grad else 0,
+        )
+    compute = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+    b, a = _sizes(compute)
     return MemoryEstimate(
         stacked_input=p_local * d * b,
         standardized=2 * p_local * d * b + p_global * d * b,
         gradient_matrix=p_local * p_global * b if need_grad else 0,
-        partials=4 * n_local * p_global * b,
+        partials=4 * p_local * p_local * b,
         vectors=(2 * p_local + views * views * n_local) * a,
         backward=2 * p_local * d * b if need_grad else 0,
     )

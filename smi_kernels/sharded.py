@@ -1,89 +1,78 @@
 """Global-batch SMI with the work sharded over the ranks: ``gather_distributed="sharded"``.
 
-The same loss and gradients as ``gather_distributed=True`` (SPEC section 5), but each rank
-computes only the rows of S that belong to its own samples, against all columns, instead of the
-whole S of the global batch on every rank.
+The same loss and gradients as ``gather_distributed=True`` (SPEC section 5), with each rank doing
+1/W of gather mode's matrix work: every pair of rows of the global batch is formed on exactly
+one rank, and each rank computes the gradient of its own rows only.
 
 Setting. W ranks, each with V views of shape (n, D) (n = N_local). The global batch is the ranks'
 batches stacked in rank order, view by view, as in gather mode: global sample ``g = r n + i``.
-``P_local = V n`` rows per rank, ``P_global = W P_local`` in all.
+``P_local = V n`` rows per rank, ``P_global = W P_local`` in all. Rank r owns the rows R_r.
 
-What is gathered: the standardised rows zh, in the compute dtype (float32 for half inputs).
-Standardisation is per row, so each rank standardises its own rows once (nothing is communicated
-for it, and its backward stays local); the rows arrive exactly as their owner computed them (the
-all-gather copies, it does not round), so an entry of S is the same dot product of the same two
-unit rows that gather mode forms, up to the summation order of the matrix product. Gathering
-the raw views instead would make every rank standardise all P_global rows (W-fold redundant
-element-wise work, the thing this mode removes) and would save bandwidth only for half inputs
-(2 bytes a value against zh's 4); sending zh in a half type would add a rounding of about 4e-3 to
-every S_pq, which gather mode does not have.
+What is gathered: the standardised rows zh, in the compute dtype (float32 for half inputs on the
+PyTorch path, the input dtype on the Triton path, as each path stores zh). Standardisation is
+per row, so each rank standardises its own rows once and its backward stays local; the rows
+arrive exactly as their owner computed them, so an entry of S is the same dot product of the
+same two rows that gather mode forms, up to the summation order of the matrix product.
+Gathering the raw views instead would make every rank standardise all P_global rows (W-fold
+redundant element-wise work).
 
-The math (symbols of SPEC.md section 2). Column order: the gathered zh is (W, V, n, D), so
-column ``c = r' P_local + v n + j`` (rank-major; with W = 1 this is the SPEC's ``p = u N + i``).
-Rank r owns the rows ``R_r = [r P_local, (r + 1) P_local)`` and computes the band
+The loss (symbols of SPEC section 2). Every term of L is a function of one entry of S:
+``L = sum_{p<q} f_pq(S_pq)``. Split S into W x W blocks of P_local x P_local, block (r, r')
+pairing the rows of ranks r and r'. The pairs of one unordered block pair {r, r'} are formed
+once, on one of the two ranks (``Schedule``):
 
-    S_r = Z[R_r] Z^T                       (P_local x P_global, one n x P_global slab per view)
+    the diagonal block (r, r)     on rank r: the local mode's computation on its own rows
+                                  (its triangle, the positives, L_align: all of L_align)
+    K = (W - 1) // 2 whole blocks rank r forms (r, r + t mod W) for t = 1..K
+    even W: the block at W/2      shared by r and r + W/2: the upper rank (r < W/2) forms its
+                                  rows against the partner's first rows, the lower rank the rest
+                                  (PyTorch: columns [0, h) / rows [h, P_local), h = P_local // 2;
+                                  Triton: whole tiles, the upper triangle with the diagonal
+                                  tiles / the strict upper triangle)
 
-Every term of L is a symmetric function of one entry, so
-``L = sum_{p<q} f_pq(S_pq) = 1/2 sum_{p != q} f_pq(S_pq)`` and the rank's share
+so every rank forms ``P_local^2 W / 2 = P_global^2 / (2W)`` entries, 1/W of gather mode's upper
+triangle. On a block between two ranks there is no diagonal and no positive pair; its entries
+are redundancy terms with SPEC's weights (2 m^2 within a view, m^2 across views, each pair
+once). Rank r's share L_r is the sum of the terms it formed; ``sum_r L_r = L``, and the output
+of every rank is the global ``(L, L_align, L_red)``, the shares summed by an all-reduce.
 
-    L_r = 1/2 sum_{p in R_r} sum_{q != p} f_pq(S_pq),        sum_r L_r = L
+Backward. Row p enters L through row and column p of S, and S is symmetric, so
 
-needs nothing but its band: each unordered pair is counted twice over the ranks (from the row
-of p and from the row of q), with weight 1/2. By term:
+    dL/dzh_p = sum_q G_sym[p, q] zh_q         (G_sym = G + G^T: 2 m m' across views, 4 m m'
+                                               within a view, 0 on the diagonal and positives)
 
-    alignment   the positives (views u < v of sample g) are both rows of g's owner, and the two
-                halves of each add up: L_align,r = sum_{u<v} sum_{i local} (1 - m(rho^{uv}_i))^2,
-                the local-mode alignment with its accurate 1 -+ rho (positive_pairs)
-    redundancy  L_red,r = sum_u sum_{i local} sum_c w_{u v(c)} m(S_{(u,i) c})^2 over the columns c
-                other than ``r P_local + v n + i`` (the row itself for v = u, its positives for
-                v != u), with w = 1 within a view (a self matrix holds both orders of each pair)
-                and w = 1/2 across views
+For rank r's rows this needs its band ``G_sym[R_r, :]`` (P_local x P_global) and every zh (the
+gather). The band is the G of the blocks rank r formed, plus the transposes of the blocks its
+peers formed: after the forward, each rank sends the G of every block it formed between two
+ranks to the other rank of the block (point to point; P_local x P_global / 2 values a rank
+in all, against the P_global x D of the zh gather: D / (P_local / 2) times less), and receives
+theirs. Then, with no further communication,
 
-and the rank's output is the global ``(L, L_align, L_red)``: the shares summed by an all-reduce
-(every rank returns the same numbers, for logging).
-
-Backward. Row p enters L only through row and column p of S, and S_pq = S_qp, so
-
-    dL/dzh_p = sum_q G_pq zh_q,        G = dL/dS (the SPEC's G, symmetric: 2 m m' across views,
-                                       4 m m' within a view, 0 on the diagonal and the positives)
-
-and for the rows of R_r everything on the right is on rank r: G from its band, zh_q from the
-gather. So rank r computes the gradient of the *global* loss with respect to its own rows with
-no communication of gradients:
-
-    dzh[R_r] = c_red G[R_r, :] Z + c_align (the local positives' terms)      P_local P_global D MACs
+    dzh[R_r] = c_red G_sym[R_r, :] Z + c_align (the local positives' terms)    P_local P_global D
     dz       = the row-standardisation backward, locally
 
-Differentiating only the share L_r and sending the remote rows' part back (a reduce-scatter)
-gives the same numbers: rank r's row terms give 1/2 G[R_r, :] Z, and the column terms of every
-rank (its own included) the other half. That would cost every rank another P_local P_global D
-multiply-adds (``G_r^T Z[R_r]``) plus a P_global x D reduce-scatter; the local formula needs
-neither. What it needs instead is the incoming gradient of every rank (gloo and NCCL both have
-reduce-scatter; it is not used here).
+1/W of gather mode's ``G_sym Z``. (Differentiating only the share L_r and reduce-scattering the
+gradient of the other ranks' rows is the alternative: the same multiply-adds, but a P_global x D
+reduce-scatter in every backward instead of the G blocks, D / (P_local / 2) times more bytes.)
 
 Gradient convention (as gather mode, see :mod:`smi_kernels.distributed`): rank r' receives the
 incoming gradient ``c_r'`` of its outputs (L, L_align, L_red); gather mode hands rank r's rows
 ``sum_r' c_r' dL/dz_r``. The backward all-reduces the three numbers ``c_r'`` and applies the
-local formula with ``c = sum_r' c_r'``, which is that sum for any ``c_r'``. With ``loss.backward()``
+formula above with ``c = sum_r' c_r'``, which is that sum for any ``c_r'``. With ``loss.backward()``
 on every rank it is ``W dL/dz_r``, and DDP's average gives each parameter the gradient of one
 process that sees the whole batch. Every rank must run the backward (it is a collective), as in
 gather mode.
 
-Cost per rank, V views: forward ``P_local P_global D`` MACs (``P_global^2 D / W``: 1/W of the
-full square S, 2/W of the fused triangle ``P_global^2 D / 2`` that gather mode's Triton forward
-computes; the band's entries between two ranks are formed on both), backward
-``P_local P_global D`` (exactly 1/W of gather mode's ``G_sym Z``). Memory: the G band
-(P_local x P_global) and the gathered zh (P_global x D); S exists one n x P_global slab at a
-time. Communication: one all-gather of zh (P_global x D) and three small collectives (the shape
-check, the shares, the incoming gradients). An exact 1/W forward would need each pair of rank
-blocks formed on one rank only, and then G blocks or gradient rows sent between ranks in the
-backward.
+Cost per rank: forward ``P_global^2 D / (2W)`` MACs, backward ``P_local P_global D``, both 1/W of
+gather mode (:func:`smi_kernels.flops.distributed_macs`). Memory: the band of G (P_local x
+P_global, at most) and the gathered zh (P_global x D); S exists one block at a time (PyTorch) or
+one tile at a time (Triton). Communication: one all-gather of zh, the G blocks point to point
+(with a gradient), and three small collectives (the shape check, the shares, the incoming
+gradients).
 
-The backend seam: :func:`redundancy_band` (local zh, gathered zh, row offset -> share of L_red
-and the G band) and :func:`band_gradient` (G band, gathered zh -> G band Z) are what a Triton
-path with rectangular kernels would replace; everything else (standardisation, positives,
-communication, the autograd function) stays. Until then the mode runs on the PyTorch path.
+The backends share this module's schedule, communication and autograd function; the PyTorch
+path is :func:`redundancy_share` / :func:`band_gradient`, the Triton path
+:mod:`smi_kernels._triton.sharded` (the local kernels with ``SHARDED`` set).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 A representative subset of ``benchmarks/kernel_report.py`` (the full matrix is its committed
 output under ``benchmarks/results/compile/``): the default configs of the Gram kernels, at the
 paper's per-GPU batch (P = 512, split K) and at P = 4096, in bfloat16, TF32 and IEEE float32,
-plus every autotune candidate of the bfloat16 P = 4096 row on sm_90. They must compile, fit the
+plus every autotune candidate of the bfloat16 P = 4096 row on sm_90, and the sharded mode's
+kernels (rank 0 of 8, P_local = 512, bfloat16, every candidate). They must compile, fit the
 architecture's shared memory and spill nothing; the bfloat16, float16 and TF32 Gram kernels must
 use wgmma on sm_90 from P >= 2048. The compile runs in a subprocess: the test session runs Triton
 under its interpreter, which replaces the kernels.
@@ -37,6 +38,8 @@ rows += kr.run(["sm80"], ["float32-ieee", "float32-tf32"], [kr.Problem(2, 2048, 
                every=False, kernels=gram, echo=False)
 rows += kr.run(["sm90"], ["float16"], [kr.Problem(2, 2048, 8192)], every=False,
                kernels={{"standardize_kernel", "finalize_kernel"}}, echo=False)
+rows += kr.run(["sm90", "sm80"], ["bfloat16"], [kr.Problem(2, 256, 8192, world=8)], every=True,
+               kernels=gram | {{"finalize_kernel"}}, echo=False)
 print(json.dumps(rows, default=str))
 """
 
@@ -58,7 +61,8 @@ def rows() -> list[dict]:
 
 
 def describe(row: dict) -> str:
-    return f"{row['arch']} {row['setting']} P={row['rows']} {row['which']} {row['kernel']}"
+    world = f" of W={row['world']}" if row.get("world", 1) > 1 else ""
+    return f"{row['arch']} {row['setting']} P={row['rows']}{world} {row['which']} {row['kernel']}"
 
 
 def test_every_launch_compiles(rows: list[dict]) -> None:
@@ -93,6 +97,15 @@ def test_tensor_core_gram_kernels_use_wgmma_on_sm90(rows: list[dict]) -> None:
     ]
     assert len(checked) >= 4
     assert all(r["mma"] == "wgmma" for r in checked), [describe(r) for r in checked]
+
+
+def test_sharded_kernels_compile_to_tensor_cores(rows: list[dict]) -> None:
+    """The SHARDED variants of the Gram and backward kernels: wgmma on sm_90, mma.sync on sm_80
+    (spills and shared memory are checked with the others above)."""
+    sharded = [r for r in rows if r.get("world", 1) == 8 and r["kernel"] != "finalize_kernel"]
+    assert {r["kernel"] for r in sharded} == {"gram_forward_kernel", "gram_backward_kernel"}
+    for r in sharded:
+        assert r["mma"] == ("wgmma" if r["arch"] == "sm90" else "mma.sync"), describe(r)
 
 
 def test_split_k_runs_at_the_paper_batch(rows: list[dict]) -> None:

@@ -529,6 +529,17 @@ def test_memory_model_covers_the_sharded_mode():
     no_grad = memory.sharded_estimate(256, 8192, 2, 8, torch.float32, need_grad=False)
     assert no_grad.gradient_matrix == 0
 
+    from smi_kernels._triton.plan import make_plan
+
+    for world, n in ((8, 256), (3, 1000), (2, 2048)):
+        plan = make_plan("sm90", 132, 2, n, 8192, torch.bfloat16, "highest", True, world)
+        triton = memory.sharded_estimate(
+            n, 8192, 2, world, torch.bfloat16, True, "triton", plan.block
+        )
+        assert triton.gradient_matrix == plan.segments["g"].nbytes
+        assert triton.partials == plan.segments["radial_slots"].nbytes
+        assert triton.gradient_matrix <= 2 * plan.rows * world * plan.rows  # the band, bfloat16
+
 
 def test_benchmark_table_shows_the_saving():
     import importlib.util

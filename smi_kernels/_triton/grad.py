@@ -14,6 +14,11 @@ piece), so the shared memory of a pipeline stage is (BLOCK + BLOCK_D) BLOCK_Q el
 BLOCK is. Programs are numbered row block first: a wave shares the Z slab of its feature block
 and reads all of G, which stays in L2.
 
+Sharded (``SHARDED``): the K-loop runs over the rows of every rank, column rank offset t =
+0..W-1, the G tile of (pb, qb) read as stored or transposed from this rank's triangle, its own
+blocks or the blocks its peers formed and sent (``band_tile_index``, see sharded.py); the rest
+is the same.
+
 Then the standardisation backward, row by row:
 
     dz_p = (dzh_p - mean_k dzh_p - [s_p not clamped] zh_p (zh_p . dzh_p)) / s_p

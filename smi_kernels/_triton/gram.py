@@ -23,7 +23,14 @@ stores it; ``gram_epilogue_kernel`` sums the partials of a tile in split order, 
 same epilogue. No float atomics anywhere, so the loss is bitwise reproducible run to run.
 
 G tiles are stored packed: tile t is B x B row-major at t B^2 (a diagonal tile holds both of
-its triangles). In float16, G is stored times a power of two ``g_scale`` (its entries can reach
+its triangles).
+
+Sharded (``SHARDED``, one rank of W, see sharded.py): the same program also runs the tiles of
+this rank's blocks with other ranks (``sharded_tile`` numbers them), reading its columns from
+that rank's rows of the gathered zh. On such a tile every valid entry is a redundancy term,
+counted once (no diagonal, no positive pair, no mirror tile); its G goes to the rank's stored
+block for that column rank, its row sums to this rank's radial slots and its column sums to the
+slots sent to the other rank. In float16, G is stored times a power of two ``g_scale`` (its entries can reach
 4 m_max / eps).
 """
 

@@ -1,8 +1,9 @@
 """The launch plan of one problem: tiles, split, padding, workspace layout. Shapes only.
 
-A plan depends on (architecture, SM count, V, N, D, dtype, float32 matmul precision, need_grad)
-and nothing else, so it is computed once per shape and cached: the hot path does a dictionary
-look-up, no device query. The compile report and the performance model read the same plan.
+A plan depends on (architecture, SM count, V, N, D, dtype, float32 matmul precision, need_grad,
+and for the sharded mode the world size W and the rank's side of its half block) and nothing
+else, so it is computed once per shape and cached: the hot path does a dictionary look-up, no
+device query. The compile report and the performance model read the same plan.
 
 Layout, with P = V N stacked rows (row p = u N + i), B = ``BLOCK``:
 
@@ -10,6 +11,8 @@ Layout, with P = V N stacked rows (row p = u N + i), B = ``BLOCK``:
     D_pad  = D rounded up to the K step    zero columns after D, so the forward's K-loop and the
                                            backward's row loads need no mask and stay vectorised
     tiles  = NB (NB + 1) / 2               upper-triangular tiles (pb <= qb) of S and of G
+             + K NB^2 (+ half)             sharded: this rank's other blocks (K = (W - 1) // 2,
+                                           see smi_kernels/_triton/sharded.py)
     split  = K-loop pieces per tile        > 1 only when tiles alone leave SMs idle
 
 One workspace (a byte buffer, every segment 256-byte aligned) holds what the forward writes:
@@ -20,9 +23,11 @@ One workspace (a byte buffer, every segment 256-byte aligned) holds what the for
     align         (N,)                     L_align per sample
     red           (tiles,)                 L_red per tile
     split partial (split, tiles, B, B)     float32 / float64 partial S tiles (split > 1 only)
-    G             (tiles, B, B)            input dtype          \
-    radial slots  (NB, P_pad)              accumulator dtype     > only when need_grad
-    radial        (P_pad,)                 accumulator dtype    /
+    G             (stored, B, B)           input dtype; stored = NB (NB + 1) / 2 \
+                                           (+ (W - 1) NB^2 sharded)                  \ only when
+    radial slots  (slots, P_pad)           accumulator dtype; slots = NB              > need_grad
+                                           (sharded: (W + K + 2 half) NB)           /
+    radial        (P_pad,)                 accumulator dtype                       /
 """
 
 from __future__ import annotations
