@@ -30,8 +30,9 @@ this rank's blocks with other ranks (``sharded_tile`` numbers them), reading its
 that rank's rows of the gathered zh. On such a tile every valid entry is a redundancy term,
 counted once (no diagonal, no positive pair, no mirror tile); its G goes to the rank's stored
 block for that column rank, its row sums to this rank's radial slots and its column sums to the
-slots sent to the other rank. In float16, G is stored times a power of two ``g_scale`` (its entries can reach
-4 m_max / eps).
+slots sent to the other rank.
+
+In float16, G is stored times a power of two ``g_scale`` (its entries can reach 4 m_max / eps).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The launch plan of one problem: tiles, split, padding, workspace layout. Shapes only.
+r"""The launch plan of one problem: tiles, split, padding, workspace layout. Shapes only.
 
 A plan depends on (architecture, SM count, V, N, D, dtype, float32 matmul precision, need_grad,
 and for the sharded mode the world size W and the rank's side of its half block) and nothing
