@@ -145,7 +145,7 @@ _SHARDED_ROWS: dict[tuple[str, str, int], Row] = {
 
 
 def row_for(arch: str, kind: str, rows: int, sharded: bool = False) -> Row:
-    """The row that applies to ``rows`` = P stacked rows (``sharded``: of one rank of the
-    sharded mode, P = P_local)."""
+    """The row that applies to ``rows`` = P stacked rows (``sharded``: for one rank of the
+    sharded mode, whose ``rows`` is the size of its share, P_local sqrt(W))."""
     row = next(row for row in table_rows(arch, kind) if rows <= row.max_rows)
     return _SHARDED_ROWS.get((arch, kind, row.max_rows), row) if sharded else row

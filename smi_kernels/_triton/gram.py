@@ -227,6 +227,14 @@ def tile_epilogue(
         )  # fmt: skip
         red += red1
         row_radial += row_radial1
+    finish_tile(red, row_radial, pb, t, row_slot, red_ptr, radial_slots_ptr, P_pad, BLOCK,
+                NEED_GRAD)  # fmt: skip
+
+
+@triton.jit
+def finish_tile(red, row_radial, pb, t, row_slot, red_ptr, radial_slots_ptr, P_pad,
+                BLOCK: tl.constexpr, NEED_GRAD: tl.constexpr):  # fmt: skip
+    """Stores the L_red partial of program tile t and the row radial sums of its rows."""
     tl.store(red_ptr + t, red)
     if NEED_GRAD:
         offs_p = pb * BLOCK + tl.arange(0, BLOCK)
@@ -355,25 +363,66 @@ def gram_epilogue_kernel(
     SHARDED: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
 ):
-    """Split K: S tile t = the sum of its SPLIT partial tiles, in split order; then the epilogue."""
+    """Split K: S tile t = the sum of its SPLIT partial tiles, in split order; then the epilogue,
+    one column half at a time (both halves of a 128 x 128 float32 tile live at once spill on
+    sm_80)."""
     WIDTH: tl.constexpr = BLOCK // HALVES
     t = tl.program_id(0)
     pb, qb, tile, row_slot, col_slot, cross, _ = locate_tile(
         t, num_blocks, world, rank, upper, P_pad, D_pad, SHARDED
     )
-    r = tl.arange(0, BLOCK)
-    c = tl.arange(0, WIDTH)
-    offsets = r[:, None] * BLOCK + c[None, :]
-    acc0 = tl.zeros((BLOCK, WIDTH), red_ptr.dtype.element_ty)
-    acc1 = tl.zeros((BLOCK, WIDTH), red_ptr.dtype.element_ty)
+    red, row_radial = split_piece(
+        split_partial_ptr, t, num_tiles, 0, pb, qb, tile, col_slot, cross, g_ptr,
+        radial_slots_ptr, P, P_pad, N, eps, g_scale, BLOCK, WIDTH, SPLIT, NEED_GRAD, SHARDED,
+        EMULATE_RTNE,
+    )  # fmt: skip
+    if HALVES == 2:
+        red1, row_radial1 = split_piece(
+            split_partial_ptr, t, num_tiles, WIDTH, pb, qb, tile, col_slot, cross, g_ptr,
+            radial_slots_ptr, P, P_pad, N, eps, g_scale, BLOCK, WIDTH, SPLIT, NEED_GRAD, SHARDED,
+            EMULATE_RTNE,
+        )  # fmt: skip
+        red += red1
+        row_radial += row_radial1
+    finish_tile(red, row_radial, pb, t, row_slot, red_ptr, radial_slots_ptr, P_pad, BLOCK,
+                NEED_GRAD)  # fmt: skip
+
+
+@triton.jit
+def split_piece(
+    split_partial_ptr,
+    t,
+    num_tiles,
+    col0,
+    pb,
+    qb,
+    tile,
+    col_slot,
+    cross,
+    g_ptr,
+    radial_slots_ptr,
+    P,
+    P_pad,
+    N,
+    eps,
+    g_scale,
+    BLOCK: tl.constexpr,
+    WIDTH: tl.constexpr,
+    SPLIT: tl.constexpr,
+    NEED_GRAD: tl.constexpr,
+    SHARDED: tl.constexpr,
+    EMULATE_RTNE: tl.constexpr,
+):
+    """Columns col0..col0 + WIDTH of split tile t: its partials summed in split order, then
+    ``piece_epilogue``."""
+    offsets = tl.arange(0, BLOCK)[:, None] * BLOCK + col0 + tl.arange(0, WIDTH)[None, :]
+    acc = tl.zeros((BLOCK, WIDTH), radial_slots_ptr.dtype.element_ty)
     for piece in tl.static_range(SPLIT):
         slot = split_partial_ptr + (piece * num_tiles + t).to(tl.int64) * (BLOCK * BLOCK)
-        acc0 += tl.load(slot + offsets)
-        if HALVES == 2:
-            acc1 += tl.load(slot + WIDTH + offsets)
-    tile_epilogue(
-        acc0, acc1, pb, qb, t, tile, row_slot, col_slot, cross, g_ptr, red_ptr, radial_slots_ptr,
-        P, P_pad, N, eps, g_scale, BLOCK, HALVES, NEED_GRAD, SHARDED, EMULATE_RTNE,
+        acc += tl.load(slot + offsets)
+    return piece_epilogue(
+        acc, pb, qb, col0, tile, col_slot, cross, g_ptr, radial_slots_ptr, P, P_pad, N, eps,
+        g_scale, BLOCK, WIDTH, NEED_GRAD, SHARDED, EMULATE_RTNE,
     )  # fmt: skip
 
 
