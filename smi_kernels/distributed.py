@@ -79,25 +79,38 @@ def all_gather_stacked(local: Tensor) -> Tensor:
     return out
 
 
-def check_same_shapes(views: Sequence[Tensor], mode: str = "gather_distributed='sharded'") -> None:
+def check_same_shapes(
+    views: Sequence[Tensor],
+    mode: str = "gather_distributed='sharded'",
+    need_grad: bool | None = None,
+) -> None:
     """Raise ``ValueError`` on every rank unless all ranks hold the same number of views, the same
-    (N, D) and the same dtype. One all-gather of four integers (and a host synchronisation)."""
+    (N, D) and the same dtype, and (``need_grad`` given) all or none need a gradient (the sharded
+    mode exchanges G only with one). One all-gather of five integers (and a host
+    synchronisation)."""
     first = views[0]
     code = FLOAT_DTYPES.index(first.dtype) if first.dtype in FLOAT_DTYPES else -1
-    local = torch.tensor([len(views), *first.shape, code], dtype=torch.int64, device=first.device)
+    grad = -1 if need_grad is None else int(need_grad)
+    local = torch.tensor(
+        [len(views), *first.shape, code, grad], dtype=torch.int64, device=first.device
+    )
     shapes = [tuple(row) for row in all_gather_stacked(local).tolist()]
     if all(row == shapes[0] for row in shapes):
         return
+    grads_differ = len({row[4] for row in shapes}) > 1
 
     def describe(rank: int, row: tuple[int, ...]) -> str:
-        v_count, n, d, dtype = row
+        v_count, n, d, dtype, grad = row
         name = FLOAT_DTYPES[dtype] if dtype >= 0 else "another dtype"
-        return f"rank {rank}: {v_count} views of ({n}, {d}) {name}"
+        text = f"rank {rank}: {v_count} views of ({n}, {d}) {name}"
+        if grads_differ:
+            text += ", with a gradient" if grad else ", without a gradient"
+        return text
 
     raise ValueError(
         f"{mode} needs the same number of views, the same (N, D) per view and the same dtype on "
-        "every rank (the global batch is the ranks' batches stacked); got "
-        + "; ".join(describe(rank, row) for rank, row in enumerate(shapes))
+        "every rank (the global batch is the ranks' batches stacked), and a gradient on every "
+        "rank or on none; got " + "; ".join(describe(rank, row) for rank, row in enumerate(shapes))
     )
 
 

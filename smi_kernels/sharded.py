@@ -118,7 +118,8 @@ class Communicator(Protocol):
         self, sends: Sequence[tuple[int, Tensor]], receives: Sequence[tuple[int, Tensor]]
     ) -> None:
         """Point to point: send each ``(peer, tensor)`` of ``sends`` and fill each buffer of
-        ``receives`` from its peer (every rank posts the matching pairs)."""
+        ``receives`` from its peer (every rank posts the matching pairs). Two messages between
+        the same two ranks must arrive in the order they were posted (as NCCL and Gloo do)."""
         ...
 
 
@@ -404,7 +405,8 @@ def smi_sharded(
 
                 return smi_triton(views, lambda_param, eps)
             return smi_torch(views, lambda_param, eps)
-        distributed.check_same_shapes(views, MODE)
-        comm = distributed.ProcessGroupCommunicator()
     need_grad = torch.is_grad_enabled() and any(view.requires_grad for view in views)
+    if comm is None:
+        distributed.check_same_shapes(views, MODE, need_grad)
+        comm = distributed.ProcessGroupCommunicator()
     return _ShardedSMIFunction.apply(lambda_param, eps, need_grad, comm, backend, *views)

@@ -172,6 +172,8 @@ def worker(world: int, rank: int, store: str, out: str) -> None:
         res["uneven_d"] = _error(lambda: smi_loss(wide, wide + 1, gather_distributed="sharded"))
         third = [z_a, z_b, z_a + 1] if rank == 0 else [z_a, z_b]
         res["uneven_views"] = _error(lambda: smi_loss(*third, gather_distributed="sharded"))
+        leaf = z_a.clone().requires_grad_(rank == 0)  # a gradient on rank 0 only
+        res["uneven_grad"] = _error(lambda: smi_loss(leaf, z_b, gather_distributed="sharded"))
 
         three = [local_rows(z, rank) for z in global_views(world, views=3, seed=7)]
         for backend in BACKENDS:
@@ -435,6 +437,13 @@ def test_uneven_inputs_raise_on_every_rank(job):
         assert f"rank {world - 1}: 2 views of ({N_LOCAL - 1}, {OUT_DIM})" in res["uneven_n"]
         assert f"rank 0: 2 views of ({N_LOCAL}, {OUT_DIM + 1})" in res["uneven_d"]
         assert "rank 0: 3 views" in res["uneven_views"]
+        assert "a gradient on every rank or on none" in res["uneven_grad"]
+        assert f"rank 0: 2 views of ({N_LOCAL}, {OUT_DIM}) torch.float64, with a gradient" in (
+            res["uneven_grad"]
+        )
+        assert f"rank {world - 1}: 2 views of ({N_LOCAL}, {OUT_DIM}) torch.float64, without" in (
+            res["uneven_grad"]
+        )
 
 
 # ---------------------------------------------------------------- one rank, in this process

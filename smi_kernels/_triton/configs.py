@@ -76,14 +76,14 @@ _TABLE: dict[tuple[str, str], tuple[Row, ...]] = {
         Row(_ANY, (F(128, 32, 8, 4), F(128, 32, 8, 3)), (B(32, 64, 8, 4), B(16, 64, 8, 4))),
     ),
     ("sm90", "ieee"): (
-        Row(_ANY, (F(64, 32, 8, 3), F(64, 32, 4, 3)), (B(32, 64, 4, 3), B(16, 64, 4, 4))),
+        Row(_ANY, (F(64, 32, 8, 3), F(64, 16, 4, 3)), (B(32, 64, 4, 3), B(16, 64, 4, 4))),
     ),
     ("sm80", "mma16"): (
         Row(1024, (F(64, 64, 8, 3), F(64, 64, 8, 4)), (B(64, 128, 4, 3), B(32, 128, 4, 4))),
         Row(_ANY, (F(128, 32, 8, 4), F(128, 64, 8, 3)), (B(32, 128, 8, 3), B(64, 64, 8, 3))),
     ),
     ("sm80", "tf32"): (
-        Row(1024, (F(64, 32, 4, 3), F(64, 16, 4, 4)), (B(32, 64, 4, 3), B(16, 128, 8, 3))),
+        Row(1024, (F(64, 16, 4, 4), F(64, 32, 8, 3)), (B(32, 64, 4, 3), B(16, 128, 8, 3))),
         Row(_ANY, (F(128, 16, 8, 4), F(128, 32, 8, 3)), (B(32, 64, 8, 3), B(16, 64, 8, 4))),
     ),
     ("sm80", "ieee"): (
@@ -130,16 +130,11 @@ def table_rows(arch: str, kind: str) -> tuple[Row, ...]:
 
 
 #: rows of the sharded mode where the local row's configs spill there: (architecture, class,
-#: max_rows) -> the row. Its kernels find their tile's column rank (forward) and walk every
-#: column rank in an outer loop (backward), which holds a few more values live: sm_80 16-bit
-#: backward at 4 warps reaches 255 registers and 36 B of spills, the sm_90 IEEE forward
-#: candidate at 4 warps 4 B
+#: max_rows) -> the row. Its backward kernel walks every column rank in an outer loop, which
+#: holds a few more values live: sm_80 16-bit at 4 warps reaches 255 registers and 36 B of spills
 _SHARDED_ROWS: dict[tuple[str, str, int], Row] = {
     ("sm80", "mma16", 1024): Row(
         1024, (F(64, 64, 8, 3), F(64, 64, 8, 4)), (B(64, 128, 8, 3), B(64, 64, 4, 3))
-    ),
-    ("sm90", "ieee", _ANY): Row(
-        _ANY, (F(64, 32, 8, 3), F(64, 32, 8, 4)), (B(32, 64, 4, 3), B(16, 64, 4, 4))
     ),
 }
 

@@ -243,21 +243,32 @@ def finish_tile(red, row_radial, pb, t, row_slot, red_ptr, radial_slots_ptr, P_p
 
 @triton.jit
 def locate_tile(idx, num_blocks, world, rank, upper, P_pad, D_pad, SHARDED: tl.constexpr):
-    """``(pb, qb, tile, row_slot, col_slot, cross, column rank's row offset)`` of program tile
-    ``idx``: the local triangle, or (SHARDED) one rank's share of the global S."""
+    """``(pb, qb, column rank's row offset)`` of program tile ``idx``: the local triangle, or
+    (SHARDED) one rank's share of the global S."""
     if SHARDED:
-        pb, qb, t, tile, col_slot = sharded_tile(idx, num_blocks, world, upper)
-        row_slot = t * num_blocks + qb
-        cross = (t > 0).to(tl.int32)
-        column_rank = (rank + t) % world
+        pb, qb, t, _, _ = sharded_tile(idx, num_blocks, world, upper)
+        column_base = tl.cast((rank + t) % world, tl.int64) * P_pad * D_pad
     else:
         pb, qb = triangle_tile(idx)
+        column_base = 0
+    return pb, qb, column_base
+
+
+@triton.jit
+def tile_targets(idx, pb, qb, num_blocks, world, upper, SHARDED: tl.constexpr):
+    """``(tile, row_slot, col_slot, cross)`` of program tile ``idx`` = (pb, qb): where its G
+    goes, the slot rows of its row and column radial sums, and whether its columns are another
+    rank's rows. Computed after the K-loop, so that none of it is live across the loop."""
+    if SHARDED:
+        _, _, t, tile, col_slot = sharded_tile(idx, num_blocks, world, upper)
+        row_slot = t * num_blocks + qb
+        cross = (t > 0).to(tl.int32)
+    else:
         tile = packed_tile_index(pb, qb)
         row_slot = qb
         col_slot = pb
         cross = 0
-        column_rank = 0
-    return pb, qb, tile, row_slot, col_slot, cross, tl.cast(column_rank, tl.int64) * P_pad * D_pad
+    return tile, row_slot, col_slot, cross
 
 
 @triton.jit
@@ -294,21 +305,23 @@ def gram_forward_kernel(
     pid = tl.program_id(0)
     piece = pid // num_tiles
     t = pid - piece * num_tiles
-    pb, qb, tile, row_slot, col_slot, cross, column_base = locate_tile(
-        t, num_blocks, world, rank, upper, P_pad, D_pad, SHARDED
-    )
+    pb, qb, column_base = locate_tile(t, num_blocks, world, rank, upper, P_pad, D_pad, SHARDED)
     r = tl.arange(0, BLOCK)
     c = tl.arange(0, WIDTH)
     offs_k = tl.arange(0, BLOCK_K)
     k_start = piece * k_per_split
     k_end = tl.minimum(k_start + k_per_split, D_pad)
     a_ptrs = zh_ptr + (pb * BLOCK + r).to(tl.int64)[:, None] * D_pad + (k_start + offs_k)[None, :]
-    b_ptrs = (
-        columns_ptr
-        + column_base
-        + (qb * BLOCK + c).to(tl.int64)[:, None] * D_pad
-        + (k_start + offs_k)[None, :]
-    )
+    if SHARDED:
+        b_ptrs = (
+            columns_ptr
+            + column_base
+            + (qb * BLOCK + c).to(tl.int64)[:, None] * D_pad
+            + (k_start + offs_k)[None, :]
+        )
+    else:  # the columns are zh's own rows: one base pointer for both operands
+        b_rows = (qb * BLOCK + c).to(tl.int64)
+        b_ptrs = zh_ptr + b_rows[:, None] * D_pad + (k_start + offs_k)[None, :]
     acc0 = tl.zeros((BLOCK, WIDTH), red_ptr.dtype.element_ty)
     acc1 = tl.zeros((BLOCK, WIDTH), red_ptr.dtype.element_ty)
     for _ in range(k_start, k_end, BLOCK_K):
@@ -327,6 +340,7 @@ def gram_forward_kernel(
         b_ptrs += BLOCK_K
 
     if SPLIT == 1:
+        tile, row_slot, col_slot, cross = tile_targets(t, pb, qb, num_blocks, world, upper, SHARDED)
         tile_epilogue(
             acc0, acc1, pb, qb, t, tile, row_slot, col_slot, cross, g_ptr, red_ptr,
             radial_slots_ptr, P, P_pad, N, eps, g_scale, BLOCK, HALVES, NEED_GRAD, SHARDED,
@@ -368,9 +382,8 @@ def gram_epilogue_kernel(
     sm_80)."""
     WIDTH: tl.constexpr = BLOCK // HALVES
     t = tl.program_id(0)
-    pb, qb, tile, row_slot, col_slot, cross, _ = locate_tile(
-        t, num_blocks, world, rank, upper, P_pad, D_pad, SHARDED
-    )
+    pb, qb, _ = locate_tile(t, num_blocks, world, rank, upper, P_pad, D_pad, SHARDED)
+    tile, row_slot, col_slot, cross = tile_targets(t, pb, qb, num_blocks, world, upper, SHARDED)
     red, row_radial = split_piece(
         split_partial_ptr, t, num_tiles, 0, pb, qb, tile, col_slot, cross, g_ptr,
         radial_slots_ptr, P, P_pad, N, eps, g_scale, BLOCK, WIDTH, SPLIT, NEED_GRAD, SHARDED,

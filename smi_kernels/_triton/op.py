@@ -117,7 +117,9 @@ _AUTOTUNED: dict[tuple, object] = {}
 def _autotuned(kernel, tuning: tuple[triton.Config, ...]):
     key = (kernel, tuning)
     if key not in _AUTOTUNED:
-        _AUTOTUNED[key] = triton.autotune(configs=list(tuning), key=["P", "N", "D_pad"])(kernel)
+        _AUTOTUNED[key] = triton.autotune(configs=list(tuning), key=["P", "N", "D_pad", "world"])(
+            kernel
+        )
     return _AUTOTUNED[key]
 
 

@@ -326,15 +326,8 @@ def plan_for(views: int, n: int, d: int, dtype: torch.dtype, device: torch.devic
              need_grad: bool, world: int = 1, upper: bool = True) -> Plan:  # fmt: skip
     """The cached plan of a problem on ``device`` at the current float32 matmul precision
     (``world``, ``upper``: one rank of the sharded mode)."""
-    return make_plan(
-        device_architecture(device),
-        sm_count(device),
-        views,
-        n,
-        d,
-        dtype,
-        torch.get_float32_matmul_precision(),
-        need_grad,
-        world,
-        upper,
-    )
+    arch, sms = device_architecture(device), sm_count(device)
+    precision = torch.get_float32_matmul_precision()
+    if world == 1:  # the same cache key as the ops' make_plan calls of the local mode
+        return make_plan(arch, sms, views, n, d, dtype, precision, need_grad)
+    return make_plan(arch, sms, views, n, d, dtype, precision, need_grad, world, upper)

@@ -90,6 +90,10 @@ def messages(
         sends.append((peer, _slot_rows(plan, workspace, send + (t - 1) * nb, nb)))
         receives.append((peer, theirs))
         receives.append((peer, _slot_rows(plan, workspace, plan.slot_rows("half").start, nb)))
+    # NB = 1 leaves the lower rank no tile of the half block: no message of no bytes (NB is
+    # the same on every rank, so both sides drop it)
+    sends = [(peer, tensor) for peer, tensor in sends if tensor.numel()]
+    receives = [(peer, buffer) for peer, buffer in receives if buffer.numel()]
     return sends, receives
 
 
