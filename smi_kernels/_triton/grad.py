@@ -35,7 +35,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from smi_kernels._triton.gram import band_tile_index, packed_tile_index
+from smi_kernels._triton.gram import band_tile_index
 from smi_kernels._triton.rounding import to_storage
 
 
@@ -143,9 +143,7 @@ def gram_backward_kernel(
     db = pid // num_blocks
     pb = pid - db * num_blocks
     acc_dtype = s_ptr.dtype.element_ty
-    r = tl.arange(0, BLOCK)
-    q = tl.arange(0, BLOCK_Q)
-    offs_p = pb * BLOCK + r
+    offs_p = pb * BLOCK + tl.arange(0, BLOCK)
     offs_d = db * BLOCK_D + tl.arange(0, WIDTH)
     if EVEN_D:
         z_mask0 = None
@@ -174,42 +172,21 @@ def gram_backward_kernel(
             transposed_kind = tl.where(t == 0, 0, tl.where(is_half, upper, 2))
             direct_base = tl.where(t == 0, 0, tl.where(is_half, band + (1 - upper) * tri, band))
             direct_kind = tl.where(t == 0, 0, tl.where(is_half, 1 - upper, 2))
-            for kq in range(0, split * BLOCK, BLOCK_Q):
-                qb = kq // BLOCK
-                jj = kq - qb * BLOCK
-                tile = transposed_base + band_tile_index(transposed_kind, qb, pb, num_blocks)
-                g_rows = g_ptr + tile * (BLOCK * BLOCK) + (jj + q)[:, None] * BLOCK + r[None, :]
-                g = tl.trans(tl.load(g_rows))
-                z_rows = columns + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
-                acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
-                                        INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
-            for kq in range(split * BLOCK, num_blocks * BLOCK, BLOCK_Q):
-                qb = kq // BLOCK
-                jj = kq - qb * BLOCK
-                tile = direct_base + band_tile_index(direct_kind, pb, qb, num_blocks)
-                g = tl.load(g_ptr + tile * (BLOCK * BLOCK) + r[:, None] * BLOCK + (jj + q)[None, :])
-                z_rows = columns + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
-                acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
-                                        INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
+            acc0, acc1 = walk(acc0, acc1, 0, split, pb, transposed_base, transposed_kind, True,
+                              g_ptr, columns, offs_d, z_mask0, z_mask1, num_blocks, D_pad, BLOCK,
+                              BLOCK_Q, WIDTH, HALVES, INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
+            acc0, acc1 = walk(acc0, acc1, split, num_blocks, pb, direct_base, direct_kind, False,
+                              g_ptr, columns, offs_d, z_mask0, z_mask1, num_blocks, D_pad, BLOCK,
+                              BLOCK_Q, WIDTH, HALVES, INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
     else:
-        # below the diagonal: G_sym[p, q] = G[q, p], rows jj..jj + BLOCK_Q of stored tile (qb, pb)
-        for kq in range(0, pb * BLOCK, BLOCK_Q):
-            qb = kq // BLOCK
-            jj = kq - qb * BLOCK
-            tile = packed_tile_index(qb, pb) * (BLOCK * BLOCK)
-            g = tl.trans(tl.load(g_ptr + tile + (jj + q)[:, None] * BLOCK + r[None, :]))
-            z_rows = zh_ptr + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
-            acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
-                                    INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
-        # on and above the diagonal: columns jj..jj + BLOCK_Q of stored tile (pb, qb)
-        for kq in range(pb * BLOCK, num_blocks * BLOCK, BLOCK_Q):
-            qb = kq // BLOCK
-            jj = kq - qb * BLOCK
-            tile = packed_tile_index(pb, qb) * (BLOCK * BLOCK)
-            g = tl.load(g_ptr + tile + r[:, None] * BLOCK + (jj + q)[None, :])
-            z_rows = zh_ptr + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
-            acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
-                                    INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
+        # below the diagonal: G_sym[p, q] = G[q, p] from stored tile (qb, pb); on and above it,
+        # stored tile (pb, qb) (the packed triangle: kind 0)
+        acc0, acc1 = walk(acc0, acc1, 0, pb, pb, 0, 0, True, g_ptr, zh_ptr, offs_d, z_mask0,
+                          z_mask1, num_blocks, D_pad, BLOCK, BLOCK_Q, WIDTH, HALVES,
+                          INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
+        acc0, acc1 = walk(acc0, acc1, pb, num_blocks, pb, 0, 0, False, g_ptr, zh_ptr, offs_d,
+                          z_mask0, z_mask1, num_blocks, D_pad, BLOCK, BLOCK_Q, WIDTH, HALVES,
+                          INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
 
     g_loss = tl.load(grad_out_ptr).to(acc_dtype)
     g_align = tl.load(grad_out_ptr + 1).to(acc_dtype)
@@ -242,6 +219,51 @@ def gram_backward_kernel(
             s, projected, c_align, c_red_scaled, P, N, D, D_pad, V, BLOCK_D, WIDTH, EVEN_D,
             EMULATE_RTNE,
         )  # fmt: skip
+
+
+@triton.jit
+def walk(
+    acc0,
+    acc1,
+    first_block,
+    end_block,
+    pb,
+    tile_base,
+    kind,
+    TRANSPOSED: tl.constexpr,
+    g_ptr,
+    columns,
+    offs_d,
+    z_mask0,
+    z_mask1,
+    num_blocks,
+    D_pad,
+    BLOCK: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    WIDTH: tl.constexpr,
+    HALVES: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    WIDEN_DOT: tl.constexpr,
+):
+    """acc += G_sym[row block pb, column blocks first_block..end_block) Z over those rows of
+    ``columns``, in slices of BLOCK_Q rows. G_sym[p, q] is stored tile (pb, qb) (TRANSPOSED off)
+    or the transpose of stored tile (qb, pb), at ``tile_base + band_tile_index(kind, ...)``."""
+    r = tl.arange(0, BLOCK)
+    q = tl.arange(0, BLOCK_Q)
+    for kq in range(first_block * BLOCK, end_block * BLOCK, BLOCK_Q):
+        qb = kq // BLOCK
+        jj = kq - qb * BLOCK
+        if TRANSPOSED:
+            tile = tile_base + band_tile_index(kind, qb, pb, num_blocks)
+            g_rows = g_ptr + tile * (BLOCK * BLOCK) + (jj + q)[:, None] * BLOCK + r[None, :]
+            g = tl.trans(tl.load(g_rows))
+        else:
+            tile = tile_base + band_tile_index(kind, pb, qb, num_blocks)
+            g = tl.load(g_ptr + tile * (BLOCK * BLOCK) + r[:, None] * BLOCK + (jj + q)[None, :])
+        z_rows = columns + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
+        acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
+                                INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
+    return acc0, acc1
 
 
 @triton.jit

@@ -384,59 +384,24 @@ def gram_epilogue_kernel(
     t = tl.program_id(0)
     pb, qb, _ = locate_tile(t, num_blocks, world, rank, upper, P_pad, D_pad, SHARDED)
     tile, row_slot, col_slot, cross = tile_targets(t, pb, qb, num_blocks, world, upper, SHARDED)
-    red, row_radial = split_piece(
-        split_partial_ptr, t, num_tiles, 0, pb, qb, tile, col_slot, cross, g_ptr,
-        radial_slots_ptr, P, P_pad, N, eps, g_scale, BLOCK, WIDTH, SPLIT, NEED_GRAD, SHARDED,
-        EMULATE_RTNE,
-    )  # fmt: skip
-    if HALVES == 2:
-        red1, row_radial1 = split_piece(
-            split_partial_ptr, t, num_tiles, WIDTH, pb, qb, tile, col_slot, cross, g_ptr,
-            radial_slots_ptr, P, P_pad, N, eps, g_scale, BLOCK, WIDTH, SPLIT, NEED_GRAD, SHARDED,
-            EMULATE_RTNE,
+    partials = split_partial_ptr + t.to(tl.int64) * (BLOCK * BLOCK)
+    rows = tl.arange(0, BLOCK)[:, None] * BLOCK
+    red = tl.zeros((), red_ptr.dtype.element_ty)
+    row_radial = tl.zeros((BLOCK,), red_ptr.dtype.element_ty)
+    for half in tl.static_range(HALVES):
+        offsets = rows + half * WIDTH + tl.arange(0, WIDTH)[None, :]
+        acc = tl.zeros((BLOCK, WIDTH), red_ptr.dtype.element_ty)
+        for piece in tl.static_range(SPLIT):
+            piece_offset = tl.cast(piece * num_tiles, tl.int64) * (BLOCK * BLOCK)
+            acc += tl.load(partials + piece_offset + offsets)
+        red_half, row_radial_half = piece_epilogue(
+            acc, pb, qb, half * WIDTH, tile, col_slot, cross, g_ptr, radial_slots_ptr, P, P_pad,
+            N, eps, g_scale, BLOCK, WIDTH, NEED_GRAD, SHARDED, EMULATE_RTNE,
         )  # fmt: skip
-        red += red1
-        row_radial += row_radial1
+        red += red_half
+        row_radial += row_radial_half
     finish_tile(red, row_radial, pb, t, row_slot, red_ptr, radial_slots_ptr, P_pad, BLOCK,
                 NEED_GRAD)  # fmt: skip
-
-
-@triton.jit
-def split_piece(
-    split_partial_ptr,
-    t,
-    num_tiles,
-    col0,
-    pb,
-    qb,
-    tile,
-    col_slot,
-    cross,
-    g_ptr,
-    radial_slots_ptr,
-    P,
-    P_pad,
-    N,
-    eps,
-    g_scale,
-    BLOCK: tl.constexpr,
-    WIDTH: tl.constexpr,
-    SPLIT: tl.constexpr,
-    NEED_GRAD: tl.constexpr,
-    SHARDED: tl.constexpr,
-    EMULATE_RTNE: tl.constexpr,
-):
-    """Columns col0..col0 + WIDTH of split tile t: its partials summed in split order, then
-    ``piece_epilogue``."""
-    offsets = tl.arange(0, BLOCK)[:, None] * BLOCK + col0 + tl.arange(0, WIDTH)[None, :]
-    acc = tl.zeros((BLOCK, WIDTH), radial_slots_ptr.dtype.element_ty)
-    for piece in tl.static_range(SPLIT):
-        slot = split_partial_ptr + (piece * num_tiles + t).to(tl.int64) * (BLOCK * BLOCK)
-        acc += tl.load(slot + offsets)
-    return piece_epilogue(
-        acc, pb, qb, col0, tile, col_slot, cross, g_ptr, radial_slots_ptr, P, P_pad, N, eps,
-        g_scale, BLOCK, WIDTH, NEED_GRAD, SHARDED, EMULATE_RTNE,
-    )  # fmt: skip
 
 
 @triton.jit
