@@ -1,0 +1,85 @@
+"""What the test files share: tolerances, views, the float64 reference, backend parameters.
+
+Tests import it as ``from helpers import ...`` (pytest puts ``tests/`` on ``sys.path``).
+The tolerances are those of the design document's numerics section (docs/design.md): relative
+error ``||out - ref|| / ||ref||`` against a float64 evaluation of the loss on the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import torch
+from torch import Tensor
+
+from smi_kernels import reference
+
+#: the defaults of ``SMILoss``
+LAMBDA, EPS = 5e-3, 1e-4
+
+#: relative error allowed against float64, per input dtype (float32 is IEEE: TF32 has its own)
+TOLERANCE: dict[torch.dtype, float] = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-4,
+    torch.bfloat16: 2e-2,
+    torch.float16: 2e-2,
+}
+TF32_TOLERANCE = 1e-3
+DTYPES = list(TOLERANCE)
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+
+
+def triton_importable() -> bool:
+    """True when the Triton path (``smi_kernels._triton.op``) imports."""
+    try:
+        import smi_kernels._triton.op  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+TRITON = triton_importable()
+needs_triton = pytest.mark.skipif(
+    not TRITON, reason="the Triton path (smi_kernels._triton.op) does not import"
+)
+#: parametrise a test over both backends; the Triton one skips where triton does not import
+BACKENDS = ["torch", pytest.param("triton", marks=needs_triton)]
+
+
+def relative_error(out: Tensor, ref: Tensor) -> float:
+    """``||out - ref|| / ||ref||`` in float64; a non-finite ``out`` fails (NaN never passes)."""
+    assert torch.isfinite(out).all(), "non-finite output"
+    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-300))
+
+
+def make_views(
+    v: int,
+    n: int,
+    d: int,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    device: str = DEVICE,
+    requires_grad: bool = True,
+) -> list[Tensor]:
+    """``v`` independent standard-normal views of shape (n, d), drawn in float32 on the CPU."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(n, d, generator=generator)
+        .to(device=device, dtype=dtype)
+        .requires_grad_(requires_grad)
+        for _ in range(v)
+    ]
+
+
+def reference_terms_and_grads(
+    views: Sequence[Tensor], lambda_param: float = LAMBDA, eps: float = EPS
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    """Loss, alignment, redundancy and the loss's input gradients, in float64."""
+    exact = [view.detach().double().requires_grad_() for view in views]
+    out = reference.smi_loss_with_terms(*exact, lambda_param=lambda_param, eps=eps)
+    grads = torch.autograd.grad(out.loss, exact)
+    return out.loss.detach(), out.alignment.detach(), out.redundancy.detach(), grads
