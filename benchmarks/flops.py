@@ -270,7 +270,9 @@ def build_rows(n: int, d: int, devices: int) -> tuple[list[dict[str, Any]], list
         specs = [spec for spec in specs if spec.loss is not harness.SMI_FUSED_OP]
         notes.append(
             "SMI fused: the custom op torch.ops.smi_kernels.smi_forward is not registered here "
-            "(smi_kernels._triton.op does not import), so its row is left out."
+            "(smi_kernels._triton.op does not import: triton is not installed), so its row is "
+            "left out. Install triton to get it back: pip install -e \".[triton]\" (or the dev "
+            "extra, pip install -e \".[dev]\"); the row needs no GPU."
         )
     rows = []
     for spec in specs:
@@ -414,7 +416,7 @@ def explain(rows: Sequence[dict[str, Any]], n: int, d: int, devices: int) -> str
         text += (
             f" The fused kernel's forward would cost "
             f"{_gflops(cost_model.fused_forward_macs(n, d) / GIGA)} (cost model; op not "
-            "registered)."
+            "registered: install triton, pip install -e \".[triton]\", to measure it)."
         )
     return text
 

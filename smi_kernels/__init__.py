@@ -7,7 +7,7 @@
 
 from smi_kernels.loss import SMILoss, SMIOutput, resolve_backend, smi_loss, smi_loss_with_terms
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "SMILoss",

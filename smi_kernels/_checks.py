@@ -44,6 +44,49 @@ def check_gather_distributed(gather_distributed: bool | str) -> None:
         )
 
 
+REDUCTIONS = ("sum", "mean")
+#: the keyword names of the first two views, as lightly's losses take them: ``forward(z_a, z_b)``
+VIEW_KEYWORDS = ("z_a", "z_b")
+
+
+def check_reduction(reduction: str) -> None:
+    """``reduction`` is "sum" or "mean"."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def collect_views(
+    views: Sequence[Tensor], named: dict[str, Tensor], options: Sequence[str] = ()
+) -> tuple[Tensor, ...]:
+    """The views in order, from positional views and the keywords ``z_a`` and ``z_b``.
+
+    ``loss_fn(a, b, c)``, ``loss_fn(z_a=a, z_b=b)`` and ``loss_fn(a, z_b=b)`` give the same
+    views; the result then goes through :func:`check_views` like any positional call.
+    """
+    unknown = [name for name in named if name not in VIEW_KEYWORDS]
+    if unknown:
+        others = f"; the other keywords are {', '.join(options)}" if options else ""
+        raise TypeError(
+            f"unexpected keyword argument {unknown[0]!r}: the views go by position or as the "
+            f"keywords {' and '.join(VIEW_KEYWORDS)} (loss_fn(z_a, z_b, *more_views)){others}"
+        )
+    collected = list(views)
+    for position, name in enumerate(VIEW_KEYWORDS):
+        if name not in named:
+            continue
+        if position < len(views):
+            raise TypeError(
+                f"view {name} given twice: as positional view {position} and as {name}="
+            )
+        if position > len(collected):
+            raise TypeError(
+                f"{name}= given without {VIEW_KEYWORDS[position - 1]}: pass the views in order, "
+                f"loss_fn(z_a, z_b, *more_views)"
+            )
+        collected.append(named[name])
+    return tuple(collected)
+
+
 SEPARATE_ARGUMENTS = (
     "; the views go in as separate arguments: loss_fn(z_a, z_b), or loss_fn(*views) for a "
     "list or tuple of views"

@@ -33,6 +33,10 @@ class SMIOutput(NamedTuple):
     redundancy: Tensor
 
 
+#: the keyword options of :func:`smi_loss` and :class:`SMILoss`, named when a keyword is unknown
+OPTIONS = ("lambda_param", "eps", "backend", "check_finite", "gather_distributed", "reduction")
+
+
 def triton_available() -> bool:
     """True when triton imports (Linux with a triton wheel)."""
     try:
@@ -123,6 +127,27 @@ def autocast_dtype(views: Sequence[Tensor]) -> torch.dtype | None:
     return torch.get_autocast_dtype(device_type)
 
 
+def pair_counts(v: int, n: int) -> tuple[int, int]:
+    """How many terms each sum of the loss holds, for ``v`` views of ``n`` samples.
+
+    ``L_align`` sums ``C(v, 2) n`` positive pairs; ``L_red`` sums the ``n (n - 1)`` off-diagonal
+    entries of ``C(v, 2)`` cross matrices and ``v`` self matrices, ``v (v + 1) / 2 n (n - 1)`` in
+    all. ``reduction="mean"`` divides each term by its own count.
+
+    >>> pair_counts(2, 256)
+    (256, 195840)
+    """
+    return v * (v - 1) // 2 * n, v * (v + 1) // 2 * n * (n - 1)
+
+
+def _global_batch(views: Sequence[Tensor], gather_distributed: bool | str) -> int:
+    """N of the batch the loss is defined on: the local N, or (sharded mode) W times it."""
+    n = views[0].shape[0]
+    if gather_distributed == "sharded":
+        n *= torch.distributed.get_world_size()
+    return n
+
+
 def _smi(
     views: Sequence[Tensor],
     lambda_param: float,
@@ -130,17 +155,24 @@ def _smi(
     backend: str,
     check_finite: bool,
     gather_distributed: bool | str,
+    reduction: str = "sum",
 ) -> SMIOutput:
     _checks.check_hyperparameters(lambda_param, eps)
     _checks.check_gather_distributed(gather_distributed)
     _checks.check_backend(backend)
+    _checks.check_reduction(reduction)
     _checks.check_views(views)
     if check_finite:
         _checks.check_finite_views(views)
-    if gather_distributed is True:
-        from smi_kernels.distributed import gather_views
+    if gather_distributed is not False:
+        from smi_kernels import distributed
 
-        views = gather_views(views)
+        if not distributed.is_distributed():
+            # as lightly's losses do: with no process group the global batch is the local one,
+            # the world-of-one result of either global mode
+            gather_distributed = False
+        elif gather_distributed is True:
+            views = distributed.gather_views(views)
     amp_dtype = autocast_dtype(views)
     if amp_dtype is not None and views[0].dtype == torch.float32:
         # like torch.matmul under autocast: the Gram runs in the autocast dtype, with float32
@@ -151,14 +183,17 @@ def _smi(
         from smi_kernels.sharded import smi_sharded
 
         out = smi_sharded(views, float(lambda_param), float(eps), backend=chosen)
-        return SMIOutput(out[0], out[1], out[2])
-    if chosen == "triton":
+    elif chosen == "triton":
         from smi_kernels._triton.op import smi_triton
 
         out = smi_triton(views, float(lambda_param), float(eps))
     else:
         out = smi_torch(views, float(lambda_param), float(eps))
-    return SMIOutput(out[0], out[1], out[2])
+    if reduction == "sum":
+        return SMIOutput(out[0], out[1], out[2])
+    align_count, red_count = pair_counts(len(views), _global_batch(views, gather_distributed))
+    alignment, redundancy = out[1] / align_count, out[2] / red_count
+    return SMIOutput(alignment + float(lambda_param) * redundancy, alignment, redundancy)
 
 
 def smi_loss(
@@ -168,12 +203,15 @@ def smi_loss(
     backend: str = "auto",
     check_finite: bool = False,
     gather_distributed: bool | str = False,
+    reduction: str = "sum",
+    **named_views: Tensor,
 ) -> Tensor:
     """SMI loss of two or more views, a scalar.
 
     Args:
         *views: tensors of shape (N, D), N >= 2, D >= 2, same shape, dtype and device;
-            row i of every view comes from the same original sample.
+            row i of every view comes from the same original sample. The first two may go by
+            keyword instead, as ``z_a=`` and ``z_b=`` (lightly's names).
         lambda_param: weight of the redundancy term (default 5e-3, the Barlow Twins value).
         eps: keeps ``m(rho) = -1/2 log(1 - rho^2 + eps)`` finite at rho = +-1 (default 1e-4).
         backend: "auto" (Triton on CUDA, PyTorch elsewhere), "torch" or "triton".
@@ -182,8 +220,16 @@ def smi_loss(
             loss of the batch gathered from every rank, computed whole on each rank.
             "sharded": the same global loss and gradients, each rank computing only its own
             share of S and G (W times fewer multiply-adds per rank than True with W ranks, on
-            either backend). Both global modes need an initialised process group and a
-            backward on every rank.
+            either backend). Both global modes need a backward on every rank; with no
+            initialised process group they compute the local loss (the world-of-one result),
+            as lightly's losses do.
+        reduction: "sum" (default): each term sums its pairs, as Barlow Twins does. "mean":
+            each term is divided by its own count of pairs (:func:`pair_counts`: ``C(V, 2) N``
+            for the alignment, ``V (V + 1) / 2 N (N - 1)`` for the redundancy, N of the global
+            batch in the global modes), so the loss no longer grows with N. ``lambda_param``
+            then weighs the mean redundancy entry against the mean alignment pair: "mean"
+            with ``lambda_param`` is "sum" with ``lambda_param * (V - 1) / ((V + 1) (N - 1))``,
+            divided by ``C(V, 2) N``.
 
     Returns:
         The loss: float64 for float64 views, float32 otherwise (half inputs accumulate in
@@ -195,7 +241,8 @@ def smi_loss(
         >>> z_a, z_b = torch.randn(8, 32), torch.randn(8, 32)
         >>> loss = smi_loss(z_a, z_b)
     """
-    return _smi(views, lambda_param, eps, backend, check_finite, gather_distributed).loss
+    views = _checks.collect_views(views, named_views, OPTIONS)
+    return _smi(views, lambda_param, eps, backend, check_finite, gather_distributed, reduction).loss
 
 
 def smi_loss_with_terms(
@@ -205,12 +252,14 @@ def smi_loss_with_terms(
     backend: str = "auto",
     check_finite: bool = False,
     gather_distributed: bool | str = False,
+    reduction: str = "sum",
+    **named_views: Tensor,
 ) -> SMIOutput:
     """``SMIOutput(loss, alignment, redundancy)`` from one pass; all three are differentiable.
 
-    ``redundancy`` is unweighted: ``loss = alignment + lambda_param * redundancy``. The ratio
-    ``lambda_param * redundancy / alignment`` is the paper's redundancy-to-alignment diagnostic.
-    Arguments as for :func:`smi_loss`.
+    ``redundancy`` is unweighted: ``loss = alignment + lambda_param * redundancy``, with both
+    terms reduced as ``reduction`` says. The ratio ``lambda_param * redundancy / alignment`` is
+    the paper's redundancy-to-alignment diagnostic. Arguments as for :func:`smi_loss`.
 
     Example:
         >>> import torch
@@ -219,7 +268,8 @@ def smi_loss_with_terms(
         >>> bool(torch.isclose(out.loss, out.alignment + 5e-3 * out.redundancy))
         True
     """
-    return _smi(views, lambda_param, eps, backend, check_finite, gather_distributed)
+    views = _checks.collect_views(views, named_views, OPTIONS)
+    return _smi(views, lambda_param, eps, backend, check_finite, gather_distributed, reduction)
 
 
 class SMILoss(nn.Module):
@@ -240,9 +290,12 @@ class SMILoss(nn.Module):
             setting, with no communication. True: all-gather the views from every rank (with
             gradients) and compute the loss of the global batch on every rank. "sharded": the
             same global loss and gradients, each rank computing only its share of S and G
-            (see ``smi_kernels.sharded``).
+            (see ``smi_kernels.sharded``). With no initialised process group, both global
+            modes compute the local loss, as lightly's losses do.
         backend: "auto" | "torch" | "triton".
         check_finite: raise on NaN/Inf input (costs a device synchronisation).
+        reduction: "sum" (default) or "mean": each term divided by its own count of pairs, so
+            the loss does not grow with the batch (see :func:`smi_loss`).
 
     Example:
         >>> import torch
@@ -250,6 +303,8 @@ class SMILoss(nn.Module):
         >>> loss_fn = SMILoss()
         >>> z_a, z_b = torch.randn(16, 64), torch.randn(16, 64)
         >>> loss = loss_fn(z_a, z_b)
+        >>> loss_fn(z_a=z_a, z_b=z_b).item() == loss.item()  # lightly's keywords
+        True
     """
 
     def __init__(
@@ -259,34 +314,41 @@ class SMILoss(nn.Module):
         gather_distributed: bool | str = False,
         backend: str = "auto",
         check_finite: bool = False,
+        reduction: str = "sum",
     ) -> None:
         super().__init__()
         _checks.check_hyperparameters(lambda_param, eps)
         _checks.check_backend(backend)
         _checks.check_gather_distributed(gather_distributed)
+        _checks.check_reduction(reduction)
         self.lambda_param = float(lambda_param)
         self.eps = float(eps)
         self.gather_distributed = gather_distributed
         self.backend = backend
         self.check_finite = bool(check_finite)
+        self.reduction = reduction
 
-    def forward(self, *views: Tensor) -> Tensor:
-        """The scalar loss of ``views`` (two or more tensors of shape (N, D))."""
-        return self.forward_with_terms(*views).loss
+    def forward(self, *views: Tensor, **named_views: Tensor) -> Tensor:
+        """The scalar loss of the views: ``loss_fn(z_a, z_b, *more_views)``, two or more
+        tensors of shape (N, D); ``z_a`` and ``z_b`` may go by keyword."""
+        return self.forward_with_terms(*views, **named_views).loss
 
-    def forward_with_terms(self, *views: Tensor) -> SMIOutput:
-        """``SMIOutput(loss, alignment, redundancy)`` of ``views`` from one pass."""
+    def forward_with_terms(self, *views: Tensor, **named_views: Tensor) -> SMIOutput:
+        """``SMIOutput(loss, alignment, redundancy)`` of the views from one pass (views as for
+        :meth:`forward`)."""
         return _smi(
-            views,
+            _checks.collect_views(views, named_views),
             self.lambda_param,
             self.eps,
             self.backend,
             self.check_finite,
             self.gather_distributed,
+            self.reduction,
         )
 
     def extra_repr(self) -> str:
         return (
             f"lambda_param={self.lambda_param}, eps={self.eps}, "
-            f"gather_distributed={self.gather_distributed!r}, backend={self.backend!r}"
+            f"gather_distributed={self.gather_distributed!r}, backend={self.backend!r}, "
+            f"check_finite={self.check_finite}, reduction={self.reduction!r}"
         )

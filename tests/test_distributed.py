@@ -221,15 +221,19 @@ def test_ddp_default_grads_are_the_mean_of_the_local_grads(ranks):
             assert rel(got, want) < RTOL
 
 
-def test_gather_without_process_group_raises():
+def test_gather_without_process_group_is_the_local_loss():
+    """As lightly's losses do: with no process group the global batch is the local one."""
     import torch.distributed as dist
 
     assert not (dist.is_available() and dist.is_initialized())
-    z_a, z_b = torch.randn(4, 8), torch.randn(4, 8)
-    with pytest.raises(RuntimeError, match="process group"):
-        SMILoss(gather_distributed=True)(z_a, z_b)
-    with pytest.raises(RuntimeError, match="init_process_group"):
-        smi_loss(z_a, z_b, gather_distributed=True)
+    z_a = torch.randn(4, 8, requires_grad=True)
+    z_b = torch.randn(4, 8)
+    local = SMILoss()(z_a, z_b)
+    (grad_local,) = torch.autograd.grad(local, z_a)
+    gathered = SMILoss(gather_distributed=True)(z_a, z_b)
+    (grad_gathered,) = torch.autograd.grad(gathered, z_a)
+    assert torch.equal(gathered, local) and torch.equal(grad_gathered, grad_local)
+    assert torch.equal(smi_loss(z_a, z_b, gather_distributed=True), local)
 
 
 if __name__ == "__main__":

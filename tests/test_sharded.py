@@ -42,6 +42,8 @@ BACKENDS = ("torch", "triton")
 WIDE = 64
 LOW_PRECISION = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 RTOL = 1e-9
+#: view counts of the reduction="mean" checks
+MEAN_VIEWS = (2, 3, 4)
 
 
 # ---------------------------------------------------------------- shared by workers and tests
@@ -83,10 +85,15 @@ def coefficients(rank: int) -> tuple[float, float, float]:
 # ---------------------------------------------------------------- the worker
 
 
-def _terms_and_grads(views, mode, backend, weights=(1.0, 0.0, 0.0)):
+def _terms_and_grads(views, mode, backend, weights=(1.0, 0.0, 0.0), reduction="sum"):
     leaves = [v.clone().requires_grad_() for v in views]
     out = smi_loss_with_terms(
-        *leaves, lambda_param=LAMBDA, eps=EPS, backend=backend, gather_distributed=mode
+        *leaves,
+        lambda_param=LAMBDA,
+        eps=EPS,
+        backend=backend,
+        gather_distributed=mode,
+        reduction=reduction,
     )
     (weights[0] * out.loss + weights[1] * out.alignment + weights[2] * out.redundancy).backward()
     return torch.stack([t.detach() for t in out]), [leaf.grad.clone() for leaf in leaves]
@@ -187,6 +194,11 @@ def worker(world: int, rank: int, store: str, out: str) -> None:
                 )
                 res[f"{key}_ddp"] = _ddp_grads(world, rank, mode, backend)
                 res[f"{key}_flops"] = _flops([z_a, z_b], mode, backend)
+                for v in MEAN_VIEWS:
+                    mean_views = [local_rows(z, rank) for z in global_views(world, views=v)]
+                    res[f"{key}_mean{v}"] = _terms_and_grads(
+                        mean_views, mode, backend, reduction="mean"
+                    )
             res[f"{backend}_three_terms"], res[f"{backend}_three_grads"] = _terms_and_grads(
                 three, "sharded", backend, (1, 1, 0)
             )
@@ -294,6 +306,29 @@ def reference_terms_and_grads(views, weights=(1.0, 0.0, 0.0)):
 
 
 # ---------------------------------------------------------------- real process groups
+
+
+@pytest.mark.parametrize("mode", ["sharded", True], ids=["sharded", "gather"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mean_reduction_is_the_global_batch_mean(job, backend, mode):
+    """reduction="mean" divides by the pair counts of the global batch (W N samples)."""
+    from smi_kernels.loss import pair_counts
+
+    world, ranks = job
+    for v in MEAN_VIEWS:
+        views = global_views(world, views=v)
+        align_count, red_count = pair_counts(v, world * N_LOCAL)
+        leaves = [z.clone().requires_grad_() for z in views]
+        align, red = ref.smi_loss_terms(*leaves, eps=EPS)
+        align, red = align / align_count, red / red_count
+        loss = align + LAMBDA * red
+        loss.backward()
+        want = torch.stack([loss, align, red]).detach()
+        for rank, res in enumerate(ranks):
+            terms, grads = res[f"{backend}_{mode}_mean{v}"]
+            assert rel(terms, want) < RTOL, (v, rank)
+            for got, leaf in zip(grads, leaves, strict=True):
+                assert rel(got, world * local_rows(leaf.grad, rank)) < RTOL, (v, rank)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -503,10 +538,12 @@ def test_mode_validation():
         SMILoss(gather_distributed="shard")
     with pytest.raises(TypeError, match="bool or the string 'sharded', got int"):
         smi_loss(z_a, z_b, gather_distributed=1)
-    with pytest.raises(RuntimeError, match=r"'sharded' needs an initialised torch\.distributed"):
-        SMILoss(gather_distributed="sharded")(z_a, z_b)
-    with pytest.raises(RuntimeError, match=r"'sharded' needs an initialised torch\.distributed"):
-        smi_loss(z_a, z_b, gather_distributed="sharded", backend="triton")
+    # no process group: the local loss, bitwise (the world-of-one result, as lightly does)
+    assert torch.equal(SMILoss(gather_distributed="sharded")(z_a, z_b), smi_loss(z_a, z_b))
+    assert torch.equal(
+        smi_loss(z_a, z_b, gather_distributed="sharded", backend="triton"),
+        smi_loss(z_a, z_b, backend="triton"),
+    )
     assert "gather_distributed='sharded'" in repr(SMILoss(gather_distributed="sharded"))
 
 
