@@ -27,7 +27,7 @@ P_global = W P_local (:func:`distributed_macs`; forward and backward):
 Nothing here touches a device: these are integers from shapes. :func:`fvcore_handles` gives
 fvcore the fused op's cost, since fvcore cannot see inside a Triton kernel.
 
-Example:
+Examples:
     >>> from smi_kernels import flops
     >>> flops.naive_forward_macs(2048, 8192) / 1e9
     103.079215104
@@ -130,7 +130,7 @@ def distributed_macs(
     ``mode``: "local" (each rank its own batch), "gather" (the global batch whole on every rank,
     fused counts) or "sharded" (each rank its share of the global S and its rows of dZ).
 
-    Example:
+    Examples:
         >>> from smi_kernels.flops import distributed_macs
         >>> [sum(distributed_macs(256, 8192, 8, mode=m)) / 1e9 for m in ("gather", "sharded")]
         [206.158430208, 25.769803776]
@@ -176,7 +176,7 @@ def fvcore_handles() -> dict[str, Callable[[list[Any], list[Any]], int]]:
     ``smi_forward(z (V, N, D), ...)`` -> :func:`fused_forward_macs`,
     ``smi_backward(grad, zh (V, N, D), ...)`` -> :func:`fused_backward_macs`.
 
-    Example:
+    Examples:
         >>> from smi_kernels.flops import fvcore_handles
         >>> sorted(fvcore_handles())
         ['smi_kernels::smi_backward', 'smi_kernels::smi_forward']

@@ -235,7 +235,7 @@ def smi_loss(
         The loss: float64 for float64 views, float32 otherwise (half inputs accumulate in
         float32). Non-finite input gives a NaN loss unless ``check_finite`` is set.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from smi_kernels import smi_loss
         >>> z_a, z_b = torch.randn(8, 32), torch.randn(8, 32)
@@ -261,7 +261,7 @@ def smi_loss_with_terms(
     terms reduced as ``reduction`` says. The ratio ``lambda_param * redundancy / alignment`` is
     the paper's redundancy-to-alignment diagnostic. Arguments as for :func:`smi_loss`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from smi_kernels import smi_loss_with_terms
         >>> out = smi_loss_with_terms(torch.randn(8, 32), torch.randn(8, 32))
@@ -297,7 +297,7 @@ class SMILoss(nn.Module):
         reduction: "sum" (default) or "mean": each term divided by its own count of pairs, so
             the loss does not grow with the batch (see :func:`smi_loss`).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from smi_kernels import SMILoss
         >>> loss_fn = SMILoss()
@@ -347,6 +347,7 @@ class SMILoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
+        """Every constructor argument, as ``repr(SMILoss(...))`` shows them."""
         return (
             f"lambda_param={self.lambda_param}, eps={self.eps}, "
             f"gather_distributed={self.gather_distributed!r}, backend={self.backend!r}, "

@@ -38,7 +38,7 @@ inside a kernel launch or the allocator. With a gradient, the PyTorch path holds
 matrix G and the N x N block temporaries: at V = 2, N = 20,000 that is 15 GiB in float32, and
 at N = 40,000 about 60 GiB, whatever D is.
 
-Example:
+Examples:
     >>> import torch
     >>> from smi_kernels import memory
     >>> need = memory.torch_estimate(20_000, 64, 2, torch.float32, need_grad=True)
@@ -136,7 +136,7 @@ def sharded_estimate(
     P_global at most) and the gathered zh (P_global x D), never the global S or G. ``backend``:
     "torch" or "triton" (G tiles of side ``block``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from smi_kernels.memory import sharded_estimate
         >>> sharded_estimate(256, 8192, 2, 8, torch.float32, True).gradient_matrix / 2**20

@@ -16,7 +16,7 @@ It computes in the dtype of the views; pass float64 views where accuracy matters
 cancels in float32 when two views nearly agree; the fast paths avoid that, this one does not).
 It keeps O(V^2 N^2) memory alive for the backward.
 
-Example:
+Examples:
     >>> import torch
     >>> from smi_kernels.reference import smi_loss
     >>> z_a = torch.randn(8, 32, dtype=torch.float64, requires_grad=True)
