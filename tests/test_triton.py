@@ -15,6 +15,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from helpers import interpreter_multiplies_float64, needs_float64_dot
 
 import smi_kernels._triton.op as op
 from reference.smi import smi_loss_terms
@@ -79,12 +80,15 @@ SHAPES = [(2, 2, 3), (2, 7, 33), (3, 13, 50), (4, 5, 17), (2, 37, 70), (3, 2, 12
 def test_matches_reference(shape: tuple[int, int, int], dtype: torch.dtype) -> None:
     if CUDA and dtype == torch.float64:
         pytest.skip("float64 runs on the PyTorch path on the GPU")
+    if dtype == torch.float64 and not interpreter_multiplies_float64():
+        pytest.skip(needs_float64_dot.kwargs["reason"])
     v, n, d = shape
     check_against_reference(
         make_views(v, n, d, dtype, seed=v * 1000 + n * 10 + d), TOLERANCE[dtype]
     )
 
 
+@needs_float64_dot
 def test_each_term_differentiates() -> None:
     views = make_views(2, 9, 21, torch.float64, seed=3)
     out = smi_loss_with_terms(*views, eps=EPS, backend="triton")
@@ -97,6 +101,7 @@ def test_each_term_differentiates() -> None:
             assert relative_error(grad, ref_grad) < 1e-10
 
 
+@needs_float64_dot
 def test_gradcheck_float64() -> None:
     if CUDA:
         pytest.skip("float64 kernels run under the interpreter only")
@@ -286,6 +291,7 @@ def test_every_table_row_shares_one_tile_size() -> None:
         assert len({c.BLOCK for c in row.forward}) == 1
 
 
+@needs_float64_dot
 @pytest.mark.parametrize("layout", ["chunks", "reversed", "strided", "five-views", "stacked"])
 def test_views_are_read_where_they_lie(layout: str) -> None:
     """The standardisation reads each view at its own address: chunks of one tensor, a view
