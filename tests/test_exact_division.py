@@ -5,7 +5,7 @@ may become a ``div.approx`` reciprocal), and under the interpreter it is numpy's
 rounded division: a plain ``/`` where the numerics need an exact quotient passes every CPU test
 that runs the kernels. So ``standardize_kernel`` is compiled here, without a GPU, as the op
 launches it (``benchmarks/kernel_report.py``), in float32, in its single-pass form (V = 2,
-D = 8192) and its chunked form (V = 4), and its PTX is read.
+D = 1000) and its chunked form (V = 2, D = 9000), and its PTX is read.
 
 ``exact_div`` (standardize.py) names the divisions that must be correctly rounded: by the row's
 power of two (``x = z / a``) and by D (the two means). They are told apart from the divisions
@@ -43,15 +43,15 @@ from smi_kernels._triton.plan import make_plan
 
 out = []
 for arch in ("sm90", "sm80"):
-    for views in (2, 4):  # D = 8192: one pass over D for V = 2, chunks for V = 4
-        plan = make_plan(arch, kr.LIMITS[arch]["sms"], views, 256, 8192,
+    for views, d in ((2, 1000), (2, 9000)):  # one pass over D; chunks (D > 8192 for V = 2)
+        plan = make_plan(arch, kr.LIMITS[arch]["sms"], views, 256, d,
                          *kr.SETTINGS["float32-ieee"], True)
         for launch in kr.record_step(plan):
             if launch.name != "standardize_kernel":
                 continue
             compiled, _ = kr.compile_launch(launch, kr.LIMITS[arch]["cc"])
             params = [k for k, v in compiled.src.signature.items() if v != "constexpr"]
-            out.append({{"arch": arch, "views": views,
+            out.append({{"arch": arch, "views": views, "d": d,
                          "single_pass": launch.kwargs["SINGLE_PASS"],
                          "d_param": f"standardize_kernel_param_{{params.index('D')}}",
                          "ptx": compiled.asm["ptx"]}})
@@ -169,7 +169,7 @@ def divisions(kernel: dict) -> list[tuple[str, str]]:
 
 def describe(kernel: dict) -> str:
     form = "one pass" if kernel["single_pass"] else "chunks"
-    return f"{kernel['arch']} V={kernel['views']} {form}"
+    return f"{kernel['arch']} V={kernel['views']} D={kernel['d']} {form}"
 
 
 # ---------------------------------------------------------------- the checks
