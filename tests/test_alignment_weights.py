@@ -61,7 +61,7 @@ def test_alignment_weights_of_every_pair(backend: str, v: int) -> None:
     terms = (align + LAMBDA * red, align, red)
     out = smi_loss_with_terms(*views, lambda_param=LAMBDA, eps=EPS, backend=backend)
     for name, term, ref in zip(("loss", "L_align", "L_red"), out, terms, strict=True):
-        assert relative_error(term.detach(), ref.detach()) < TOL, name
+        assert relative_error(term.detach().cpu(), ref.detach()) < TOL, name
 
     def combine(outputs) -> torch.Tensor:
         return sum(w * t for w, t in zip(WEIGHTS, outputs, strict=True))
