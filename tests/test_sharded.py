@@ -4,10 +4,12 @@ Both backends (the Triton kernels under the interpreter here), float64 unless sa
 
 * real gloo process groups of 2, 3 and 4 ranks (``python this_file.py --launch``, every rank
   forked from one launcher): loss, terms and gradients against one process on the whole batch
-  and against gather mode, also with rank-dependent incoming gradients and three views; DDP
-  parameter gradients; float32 and 16-bit inputs at SPEC tolerances; the FLOP counter's
-  per-rank work (1/W of gather mode's, by the registered formulas on the Triton path); the
-  largest tensor a rank creates; uneven inputs raise on every rank;
+  and against gather mode, also with rank-dependent incoming gradients and three views, and
+  with local batches that span two and three row blocks of the Triton tile (for even W the
+  half block is then split between its two ranks over several blocks); DDP parameter
+  gradients; float32 and 16-bit inputs at SPEC tolerances; the FLOP counter's per-rank work
+  (1/W of gather mode's, by the registered formulas on the Triton path); the largest tensor a
+  rank creates; uneven inputs raise on every rank;
 * a one-rank gloo group inside the test process: the sharded mode is the local mode, bitwise;
 * the schedule (every pair of rank blocks formed exactly once) and the cost model.
 """
@@ -44,17 +46,24 @@ LOW_PRECISION = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 RTOL = 1e-9
 #: view counts of the reduction="mean" checks
 MEAN_VIEWS = (2, 3, 4)
+#: local batches spanning this many row blocks of the Triton tile: block count -> views (three
+#: views: an odd P_local, so the PyTorch path's half split h = P_local // 2 is uneven too)
+SEVERAL_BLOCKS = {2: 2, 3: 3}
+#: their D: the cost is in the tiles, not in the features
+NARROW = 8
+#: (L, L_align, L_red) weights of their backward: the redundancy gradient as large as the rest
+BLOCKS_WEIGHTS = (1.0, 0.0, 1.0)
 
 
 # ---------------------------------------------------------------- shared by workers and tests
 
 
 def global_views(
-    world: int, views: int = 2, seed: int = 1234, d: int = OUT_DIM
+    world: int, views: int = 2, seed: int = 1234, d: int = OUT_DIM, n: int = N_LOCAL
 ) -> list[torch.Tensor]:
-    """``views`` correlated embeddings of the whole batch (world * N_LOCAL, d)."""
+    """``views`` correlated embeddings of the whole batch (world * n, d)."""
     gen = torch.Generator().manual_seed(seed + world)
-    z = torch.randn(world * N_LOCAL, d, generator=gen, dtype=torch.float64)
+    z = torch.randn(world * n, d, generator=gen, dtype=torch.float64)
     return [
         z + 0.5 * torch.randn(z.shape, generator=gen, dtype=torch.float64) for _ in range(views)
     ]
@@ -73,8 +82,27 @@ def make_encoder() -> nn.Module:
     return nn.Sequential(nn.Linear(IN_DIM, 16), nn.Tanh(), nn.Linear(16, OUT_DIM)).double()
 
 
-def local_rows(t: torch.Tensor, rank: int) -> torch.Tensor:
-    return t[rank * N_LOCAL : (rank + 1) * N_LOCAL]
+def local_rows(t: torch.Tensor, rank: int, n: int = N_LOCAL) -> torch.Tensor:
+    return t[rank * n : (rank + 1) * n]
+
+
+def several_blocks_plan(world: int, blocks: int):
+    """The Triton plan (under the interpreter, rank 0 of W) of the smallest local batch whose
+    P_local = V n rows span ``blocks`` row blocks of the tile, the last one more than half full."""
+    from smi_kernels._triton.plan import plan_for
+
+    views = SEVERAL_BLOCKS[blocks]
+    for n in range(1, 1000):
+        plan = plan_for(views, n, NARROW, torch.float64, torch.device("cpu"), True, world)
+        if plan.num_blocks == blocks and 2 * plan.rows > (2 * blocks - 1) * plan.block:
+            return plan
+    raise AssertionError(f"no local batch spans {blocks} blocks at W = {world}")
+
+
+def several_blocks_views(world: int, blocks: int) -> tuple[int, list[torch.Tensor]]:
+    """``(n, views of the whole batch)`` of the case of ``blocks`` row blocks a rank."""
+    n = several_blocks_plan(world, blocks).n
+    return n, global_views(world, SEVERAL_BLOCKS[blocks], seed=31 * blocks, d=NARROW, n=n)
 
 
 def coefficients(rank: int) -> tuple[float, float, float]:
@@ -205,6 +233,11 @@ def worker(world: int, rank: int, store: str, out: str) -> None:
             with torch.no_grad():
                 res[f"{backend}_no_grad_loss"] = smi_loss(
                     z_a, z_b, backend=backend, gather_distributed="sharded"
+                )
+            for blocks in SEVERAL_BLOCKS:
+                n, views = several_blocks_views(world, blocks)
+                res[f"{backend}_blocks{blocks}"] = _terms_and_grads(
+                    [local_rows(z, rank, n) for z in views], "sharded", backend, BLOCKS_WEIGHTS
                 )
             wide_views = [local_rows(z, rank) for z in global_views(world, d=WIDE)]
             for dtype in LOW_PRECISION:
@@ -374,6 +407,24 @@ def test_three_views(job, backend):
         assert rel(res[f"{backend}_three_terms"], terms) < RTOL
         for got, want in zip(res[f"{backend}_three_grads"], grads, strict=True):
             assert rel(got, world * local_rows(want, rank)) < RTOL
+
+
+@pytest.mark.parametrize("blocks", list(SEVERAL_BLOCKS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_several_blocks_per_rank(job, backend, blocks):
+    """Local batches spanning two and three row blocks of the Triton tile: the rank's triangle,
+    its whole blocks and, for even W, its share of the half block (the upper triangle with the
+    diagonal tiles on rank r < W/2, the strict upper triangle on rank r + W/2) each over
+    several tiles. Terms and gradients against one process on the whole batch."""
+    world, ranks = job
+    assert several_blocks_plan(world, blocks).num_blocks == blocks
+    n, views = several_blocks_views(world, blocks)
+    terms, grads = reference_terms_and_grads(views, BLOCKS_WEIGHTS)
+    for rank, res in enumerate(ranks):
+        got_terms, got_grads = res[f"{backend}_blocks{blocks}"]
+        assert rel(got_terms, terms) < RTOL, f"rank {rank}"
+        for got, want in zip(got_grads, grads, strict=True):
+            assert rel(got, world * local_rows(want, rank, n)) < RTOL, f"rank {rank}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

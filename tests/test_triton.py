@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 
+import helpers
+import numpy as np
 import pytest
 import torch
 import triton
@@ -286,6 +288,47 @@ def test_triangle_tiles_cover_the_upper_triangle_once() -> None:
         pairs = out.view(count, 2).tolist()
         for k, (pb, qb) in enumerate(pairs):
             assert 0 <= pb <= qb and qb * (qb + 1) // 2 + pb == first + k
+
+
+#: (V, N, D) of the end-to-end tile numbering check: P = 60 rows in 4 row blocks (10 tiles), and
+#: P = 24 in 2 blocks (3 tiles), whose K-loop is split (the epilogue kernel numbers them too)
+NUMBERING_SHAPES = [(3, 20, 24), (2, 12, 64)]
+
+
+@pytest.mark.skipif(CUDA, reason="replaces the interpreter's square root")
+@pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")
+@pytest.mark.parametrize("shape", NUMBERING_SHAPES, ids=lambda s: "V{}-N{}-D{}".format(*s))
+def test_tile_numbering_end_to_end_when_the_square_root_lands_one_off(monkeypatch, shape) -> None:
+    """The float square root of ``triangle_tile`` first lands one off at tile 10,619,135 (8 t + 1
+    rounded to float32; 4,608 row blocks, P > 73,712 rows at the interpreter's tile of 16), out
+    of reach here. So the interpreter's correctly rounded square root is replaced by one that lands
+    the column block one low, right, or one high (tile t mod 3), and the loss, its terms and
+    its gradients must still match the reference: the exact correction puts every tile back."""
+    from triton.runtime import interpreter
+
+    landed: list[int] = []
+
+    def one_off(self, arg):
+        root = np.sqrt(arg.data)
+        tile = np.rint((arg.data.astype(np.float64) - 1.0) / 8.0).astype(np.int64)
+        shift = 2 * (tile % 3) - 2  # (root - 1) / 2 moves by -1, 0, +1
+        landed.extend(shift.ravel().tolist())
+        return interpreter.TensorHandle((root + shift).astype(root.dtype), arg.dtype.scalar)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_precise_sqrt", one_off)
+    v, n, d = shape
+    views = helpers.make_views(v, n, d, torch.float64, seed=n + d)
+    plan = make_plan("interpreter", INTERPRETER_SMS, v, n, d, torch.float64, "highest", True)
+    assert plan.num_blocks >= 2
+    out = smi_loss_with_terms(*views, lambda_param=LAMBDA, eps=EPS, backend="triton")
+    grads = torch.autograd.grad(out.loss, views)
+    assert {-2, 0, 2} <= set(landed), "the tile numbering no longer takes tl.sqrt_rn"
+    *terms, ref_grads = helpers.reference_terms_and_grads(views, LAMBDA, EPS)
+    tol = helpers.TOLERANCE[torch.float64]
+    for name, term, ref in zip(("loss", "L_align", "L_red"), out, terms, strict=True):
+        assert helpers.relative_error(term.detach(), ref) < tol, name
+    for u, (grad, ref) in enumerate(zip(grads, ref_grads, strict=True)):
+        assert helpers.relative_error(grad, ref) < tol, f"gradient of view {u}"
 
 
 def test_every_table_row_shares_one_tile_size() -> None:

@@ -53,7 +53,8 @@ Two results must be exact, not merely accurate, and ``/`` on the GPU does not pr
   residual under the floor of s and its gradient (0 in the reference) reaches 1e4, against 5e-2
   on the other rows (simulated; exact divisions by D restore the 0).
 
-Both need IEEE division, ``tl.math.div_rn`` (``div.rn.f32``). As of issue 9, standardize.py still
-divides with ``/`` in both places; tests/test_numerics.py (large offsets, constant row) is the
-check that fails on a GPU where ``div.full.f32`` is not exact there.
+Both need IEEE division, ``tl.math.div_rn`` (``div.rn.f32``): standardize.py's ``exact_div``.
+The interpreter divides exactly either way, so tests/test_exact_division.py compiles the kernel
+for sm_90 and sm_80 without a GPU and checks those divisions in the PTX; on a GPU,
+tests/test_numerics.py (large offsets, constant row) checks their effect.
 """
