@@ -296,6 +296,7 @@ NUMBERING_SHAPES = [(3, 20, 24), (2, 12, 64)]
 
 
 @pytest.mark.skipif(CUDA, reason="replaces the interpreter's square root")
+@needs_float64_dot
 @pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")
 @pytest.mark.parametrize("shape", NUMBERING_SHAPES, ids=lambda s: "V{}-N{}-D{}".format(*s))
 def test_tile_numbering_end_to_end_when_the_square_root_lands_one_off(monkeypatch, shape) -> None:
