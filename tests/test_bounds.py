@@ -9,10 +9,11 @@ touched by another of the same launch being reported. Here:
   store past one, a read of a gap between the rows of a strided view, a read of what another
   program of the launch writes) are each reported, and a correct kernel is not;
 * every kernel of the package runs under it, in the three orders, with the loss, its terms and
-  every gradient bitwise identical to the natural order's (and near the float64 reference):
-  a fast subset here, the ``slow`` sweep over views, N, D, dtypes, gradients and layouts of the
-  input views (``SMI_KERNELS_SLOW_TESTS=1``); the sharded mode on 2, 3 and 4 gloo ranks, the
-  checker active in every rank (``python tests/test_bounds.py --launch OUT fast|slow``);
+  every gradient bitwise identical to the natural order's (and near the float64 reference where
+  the project's tolerance holds): a fast subset here, the ``slow`` sweep over views, N, D,
+  dtypes, gradients and layouts of the input views (``SMI_KERNELS_SLOW_TESTS=1``); the sharded
+  mode on 2, 3 and 4 gloo ranks, the checker active in every rank (``python
+  tests/test_bounds.py --launch OUT fast|slow``; fast: natural and permuted order);
 * the GPU's argument form: the workspace segments that the GPU receives as raw addresses lie
   inside the workspace and do not overlap, for every plan of the compile report's matrix, and
   they are the interpreter's views' addresses.
