@@ -117,7 +117,7 @@ def recording() -> Iterator[list[Launch]]:
     """Capture JIT launches (and stand-in allocations) instead of running them."""
     launches: list[Launch] = []
     jit_run = triton.runtime.jit.JITFunction.run
-    allocate = op._allocate
+    allocate = op.allocate
 
     def record(self, *args, grid, warmup, **kwargs):
         launches.append(Launch(self, tuple(grid), args, dict(kwargs)))
@@ -127,13 +127,13 @@ def recording() -> Iterator[list[Launch]]:
         return StandIn(first.dtype, (len(tensors), *first.shape), 1 << 26)
 
     triton.runtime.jit.JITFunction.run = record
-    op._allocate = lambda shape, dtype, device: StandIn(dtype, tuple(shape), 1 << 24)
+    op.allocate = lambda shape, dtype, device: StandIn(dtype, tuple(shape), 1 << 24)
     torch_stack, torch.stack = torch.stack, stack
     try:
         yield launches
     finally:
         triton.runtime.jit.JITFunction.run = jit_run
-        op._allocate = allocate
+        op.allocate = allocate
         torch.stack = torch_stack
 
 

@@ -40,6 +40,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from smi_kernels import schedule
+
 FORWARD_OP = "smi_kernels::smi_forward"
 BACKWARD_OP = "smi_kernels::smi_backward"
 
@@ -99,9 +101,9 @@ def sharded_forward_macs(n_local: int, d: int, world: int, views: int = 2) -> in
     """MACs of one rank's sharded forward: ``P_local^2 W D / 2 = P_global^2 D / (2 W)``.
 
     Its own triangle (P_local^2 / 2), K = (W - 1) // 2 whole P_local x P_local blocks with other
-    ranks, and for even W half of one more: every pair of rank blocks is formed on one rank, so
-    this is exactly 1/W of gather mode's fused triangle ``P_global^2 D / 2`` (see
-    :mod:`smi_kernels.sharded`). Counted as the mathematical share; the Triton kernels round the
+    ranks, and for even W half of one more (``schedule.half_blocks``: W halves of a block): every
+    pair of rank blocks is formed on one rank, so this is exactly 1/W of gather mode's fused
+    triangle ``P_global^2 D / 2`` (see :mod:`smi_kernels.schedule`). Counted as the mathematical share; the Triton kernels round the
     half block to whole tiles (``P_local B / 2`` entries more on the upper rank of the pair, as
     many fewer on the lower, B the tile).
     """
@@ -109,7 +111,7 @@ def sharded_forward_macs(n_local: int, d: int, world: int, views: int = 2) -> in
     if world < 1:
         raise ValueError(f"world must be positive, got {world}")
     p_local = views * n_local
-    return p_local * p_local * world * d // 2
+    return p_local * p_local * schedule.half_blocks(world) * d // 2
 
 
 def sharded_backward_macs(n_local: int, d: int, world: int, views: int = 2) -> int:

@@ -52,7 +52,7 @@ def counted(monkeypatch):
 
     for name in DEVICE_WIDE:
         monkeypatch.setattr(torch.cuda, name, counting(name))
-    monkeypatch.setattr(op, "_allocate", counting("allocate", op._allocate))
+    monkeypatch.setattr(op, "allocate", counting("allocate", op.allocate))
     monkeypatch.setattr(torch, "stack", counting("stack", torch.stack))
     return counts
 

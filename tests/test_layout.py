@@ -3,10 +3,15 @@ other.
 
 * No build output or large binary is tracked: no file over 1 MB, no wheel, shared object or
   tarball (a clone stays small, and results are text or small plots).
+* The modules of ``smi_kernels`` import each other one way: the graph of their imports (those
+  inside functions included) has no cycle.
+* No module uses another's private names (``op._allocate``): what modules share is public
+  inside the package (a private *module*, ``smi_kernels._triton``, is fine).
 """
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "smi_kernels"
 
 #: the largest file the repository may track, in bytes
 MAX_TRACKED_BYTES = 1_000_000
@@ -42,3 +48,104 @@ def test_no_large_or_binary_file_is_tracked() -> None:
         if f.is_file() and f.stat().st_size > MAX_TRACKED_BYTES
     ]
     assert not large, f"files over {MAX_TRACKED_BYTES:,} bytes tracked: {large}"
+
+
+# -- the package's imports ---------------------------------------------------------------------
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+SOURCES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imported_module(dotted: str) -> str | None:
+    """The package module a dotted name lies in (its longest prefix that is one), or None."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in SOURCES:
+            return ".".join(parts[:end])
+    return None
+
+
+def imports(path: Path) -> list[tuple[str, str | None, str | None]]:
+    """``(module, name, alias)`` of every import of a package module in ``path``, at module
+    level or inside a function: ``from m import name as alias`` or ``import m as alias``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path.name}: relative import"
+            if node.module and imported_module(node.module):
+                for alias in node.names:
+                    found.append((node.module, alias.name, alias.asname or alias.name))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if imported_module(alias.name):
+                    found.append((alias.name, None, alias.asname))
+    return found
+
+
+def dependencies() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (a package's ``__init__`` only when named)."""
+    graph: dict[str, set[str]] = {}
+    for name, path in SOURCES.items():
+        targets = set()
+        for module, imported, _ in imports(path):
+            submodule = f"{module}.{imported}" if imported else None
+            targets.add(submodule if submodule in SOURCES else imported_module(module))
+        graph[name] = targets - {name}
+    return graph
+
+
+def test_package_imports_have_no_cycle() -> None:
+    graph = dependencies()
+    assert "smi_kernels.schedule" in graph["smi_kernels._triton.plan"]
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                cycle = [*path[path.index(target) :], target]
+                raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+            if target not in state:
+                visit(target, [*path, target])
+        state[node] = "done"
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+
+
+def private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    found = []
+    for name, path in SOURCES.items():
+        bound: dict[str, str] = {}  # local name -> the package module it stands for
+        for module, imported, alias in imports(path):
+            dotted = f"{module}.{imported}" if imported else module
+            if imported and dotted not in SOURCES and private(imported):
+                found.append(f"{name}: from {module} import {imported}")
+            if dotted in SOURCES and alias:
+                bound[alias] = dotted
+            elif dotted in SOURCES:  # import smi_kernels.x binds smi_kernels
+                bound[dotted.split(".")[0]] = dotted.split(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute) or not private(node.attr):
+                continue
+            chain, base = [node.attr], node.value
+            while isinstance(base, ast.Attribute):
+                chain.insert(0, base.attr)
+                base = base.value
+            if not isinstance(base, ast.Name) or base.id not in bound:
+                continue
+            dotted = ".".join([bound[base.id], *chain])
+            owner = imported_module(dotted)
+            if owner is not None and owner != name and dotted not in SOURCES:
+                found.append(f"{name}: {ast.unparse(node)}")
+    assert not found, found

@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import reference.smi as ref
 from smi_kernels import SMILoss, flops, memory, smi_loss, smi_loss_with_terms
-from smi_kernels.sharded import Schedule, half_split
+from smi_kernels.schedule import Schedule, half_split
 
 N_LOCAL = 4
 IN_DIM = 10

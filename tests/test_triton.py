@@ -150,7 +150,7 @@ def test_every_output_element_is_written(monkeypatch, shape, dtype: torch.dtype)
         fill = 255 if dtype == torch.uint8 else float("nan")
         return torch.full(tuple(shape), fill, dtype=dtype, device=device)
 
-    monkeypatch.setattr(op, "_allocate", poisoned)
+    monkeypatch.setattr(op, "allocate", poisoned)
     v, n, d = shape
     views = make_views(v, n, d, dtype, seed=2)
     out, workspace, plan = op.forward([x.detach() for x in views], LAMBDA, EPS, True)
@@ -336,7 +336,7 @@ def test_allocation_failure_is_explained(monkeypatch) -> None:
     def failing(shape, dtype, device):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(op, "_allocate", failing)
+    monkeypatch.setattr(op, "allocate", failing)
     views = make_views(2, 8, 16, torch.float32, seed=0)
     with pytest.raises(torch.OutOfMemoryError, match="workspace"):
         smi_loss(*views, backend="triton")

@@ -28,7 +28,7 @@ import triton
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from smi_kernels import memory
+from smi_kernels import flops, memory
 from smi_kernels._math import float16_gradient_scale
 from smi_kernels._torch import refuse_double_backward
 from smi_kernels._triton import configs
@@ -39,7 +39,7 @@ from smi_kernels._triton.gram import (
     gram_epilogue_kernel,
     gram_forward_kernel,
 )
-from smi_kernels._triton.plan import Plan, make_plan, plan_for
+from smi_kernels._triton.plan import Plan, plan_for
 from smi_kernels._triton.standardize import block_d, standardize_kernel
 
 #: rows of the radial reduction per program of the finalize launch
@@ -48,7 +48,7 @@ RADIAL_BLOCK = 1024
 MAX_VIEWS_IN_PLACE = 4
 
 
-def _allocate(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+def allocate(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
     """Every buffer the ops write (one place, so a test can poison them all)."""
     return torch.empty(tuple(shape), dtype=dtype, device=device)
 
@@ -198,13 +198,13 @@ def view_offsets(views: Sequence[Tensor]) -> tuple[Tensor, list[int], int]:
 _CHECKED: set[tuple[Plan, torch.device]] = set()
 
 
-def _allocate_workspace(plan: Plan, device: torch.device) -> Tensor:
+def allocate_workspace(plan: Plan, device: torch.device) -> Tensor:
     """The forward's workspace, after the memory model's check (once per shape)."""
     if (plan, device) not in _CHECKED:
         memory.check_fits(plan.workspace_bytes, "forward", device)
         _CHECKED.add((plan, device))
     try:
-        return _allocate((plan.workspace_bytes,), torch.uint8, device)
+        return allocate((plan.workspace_bytes,), torch.uint8, device)
     except torch.OutOfMemoryError as error:
         _CHECKED.discard((plan, device))
         raise torch.OutOfMemoryError(
@@ -272,8 +272,8 @@ def forward(
     device = first.device
     n, d = first.shape
     plan = plan_for(len(views), n, d, first.dtype, device, need_grad)
-    workspace = _allocate_workspace(plan, device)
-    out = _allocate((3,), plan.accumulator, device)
+    workspace = allocate_workspace(plan, device)
+    out = allocate((3,), plan.accumulator, device)
     launch_forward(plan, views, workspace, out, lambda_param, eps)
     return out, workspace, plan
 
@@ -353,7 +353,7 @@ def backward(
     """dz (V, N, D) from the forward's workspace and the gradient of (L, L_align, L_red);
     ``columns``, ``rank``: every rank's zh and this rank's index (sharded)."""
     # rows of D_pad: aligned, unmasked stores; the caller sees the (V, N, D) view
-    dz = _allocate((plan.views, plan.n, plan.d_pad), plan.dtype, workspace.device)
+    dz = allocate((plan.views, plan.n, plan.d_pad), plan.dtype, workspace.device)
     if grad_out.dtype != plan.accumulator or not grad_out.is_contiguous():
         grad_out = grad_out.to(plan.accumulator).contiguous()
     seg = segments(workspace, plan)
@@ -396,17 +396,6 @@ class _SMITriton(torch.autograd.Function):
 # ---------------------------------------------------------------- torch.library ops
 
 
-def _stacked_plan(z_shape: Sequence[int], dtype: torch.dtype, device: torch.device,
-                  need_grad: bool, precision: str | None = None) -> Plan:  # fmt: skip
-    v, n, d = z_shape
-    if precision is None:
-        return plan_for(v, n, d, dtype, device, need_grad)
-    from smi_kernels._triton.plan import device_architecture, sm_count
-
-    return make_plan(device_architecture(device), sm_count(device), v, n, d, dtype, precision,
-                     need_grad)  # fmt: skip
-
-
 @torch.library.custom_op("smi_kernels::smi_forward", mutates_args=())
 def smi_forward(z: Tensor, lambda_param: float, eps: float, need_grad: bool) -> list[Tensor]:
     """Fused SMI forward on stacked views z (V, N, D): ``[out, workspace]``."""
@@ -417,7 +406,7 @@ def smi_forward(z: Tensor, lambda_param: float, eps: float, need_grad: bool) -> 
 
 @smi_forward.register_fake
 def _smi_forward_fake(z: Tensor, lambda_param: float, eps: float, need_grad: bool) -> list[Tensor]:
-    plan = _stacked_plan(z.shape, z.dtype, z.device, need_grad)
+    plan = plan_for(*z.shape, z.dtype, z.device, need_grad)
     return [z.new_empty((3,), dtype=plan.accumulator),
             z.new_empty((plan.workspace_bytes,), dtype=torch.uint8)]  # fmt: skip
 
@@ -433,7 +422,7 @@ def smi_backward(
     eps: float,
 ) -> Tensor:
     """dz (V, N, D) from smi_forward's workspace and the gradient of (L, L_align, L_red)."""
-    plan = _stacked_plan(z_shape, dtype, workspace.device, True, precision)
+    plan = plan_for(*z_shape, dtype, workspace.device, True, precision=precision)
     return backward(grad_out, workspace, plan, lambda_param, eps)
 
 
@@ -485,20 +474,16 @@ smi_forward.register_autograd(_backward, setup_context=_setup_context)
 
 @register_flop_formula(torch.ops.smi_kernels.smi_forward)
 def _smi_forward_flops(z_shape, *args, **kwargs) -> int:
-    from smi_kernels import flops
-
     return flops.flop_formula_forward(z_shape)
 
 
 @register_flop_formula(torch.ops.smi_kernels.smi_backward)
 def _smi_backward_flops(grad_shape, workspace_shape, z_shape, *args, **kwargs) -> int:
-    from smi_kernels import flops
-
     v, n, d = z_shape
     return 2 * flops.fused_backward_macs(n, d, views=v)
 
 
-def _eager(device: torch.device) -> bool:
+def eager(device: torch.device) -> bool:
     """True when the autograd function can run directly: real tensors (not meta), not tracing,
     no dispatch mode (FlopCounterMode, FakeTensorMode, ...)."""
     return (
@@ -511,7 +496,7 @@ def _eager(device: torch.device) -> bool:
 def smi_triton(views: Sequence[Tensor], lambda_param: float, eps: float) -> Tensor:
     """``(L, L_align, L_red)`` by the Triton kernels, differentiable in every view."""
     need_grad = torch.is_grad_enabled() and any(view.requires_grad for view in views)
-    if _eager(views[0].device):
+    if eager(views[0].device):
         return _SMITriton.apply(lambda_param, eps, need_grad, *views)
     z = torch.stack(list(views))
     return torch.ops.smi_kernels.smi_forward(z, lambda_param, eps, need_grad)[0]
