@@ -1,8 +1,8 @@
 """The benchmark scripts and the baselines they compare SMI with (CPU, fast).
 
-fvcore's counts on the traced graphs against SPEC section 4's formulas; the paper's Table 2 at
-its own setting; the JSON the scripts write; the reference baselines against independent
-re-implementations and values known in closed form.
+fvcore's counts on the traced graphs against the formulas of docs/design.md, section 4; the
+paper's Table 2 at its own setting; the JSON the scripts write; the reference baselines against
+independent re-implementations and values known in closed form.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_cost_model_formulas() -> None:
         cost_model.fused_forward_macs(0, d)
 
 
-# --- fvcore on the real graphs against SPEC section 4 --------------------------------------
+# --- fvcore on the real graphs against docs/design.md, section 4 ------------------------
 
 
 @pytest.mark.parametrize(("n", "d"), SHAPES)
