@@ -1,8 +1,8 @@
 """Global-batch SMI with the work sharded over the ranks: ``gather_distributed="sharded"``.
 
-The same loss and gradients as ``gather_distributed=True`` (SPEC section 5), with each rank doing
-1/W of gather mode's matrix work: every pair of rows of the global batch is formed on exactly
-one rank, and each rank computes the gradient of its own rows only.
+The same loss and gradients as ``gather_distributed=True`` (docs/design.md, section 5), with each
+rank doing 1/W of gather mode's matrix work: every pair of rows of the global batch is formed on
+exactly one rank, and each rank computes the gradient of its own rows only.
 
 Setting. W ranks, each with V views of shape (n, D) (n = N_local). The global batch is the ranks'
 batches stacked in rank order, view by view, as in gather mode: global sample ``g = r n + i``.
@@ -16,18 +16,17 @@ same two rows that gather mode forms, up to the summation order of the matrix pr
 Gathering the raw views instead would make every rank standardise all P_global rows (W-fold
 redundant element-wise work).
 
-The loss (symbols of SPEC section 2). Every term of L is a function of one entry of S:
-``L = sum_{p<q} f_pq(S_pq)``. Split S into W x W blocks of P_local x P_local, block (r, r')
-pairing the rows of ranks r and r'. The pairs of one unordered block pair {r, r'} are formed
-once, on one of the two ranks (:mod:`smi_kernels.schedule`): rank r forms its diagonal block
-(the local mode's computation on its own rows: its triangle, the positives, all of L_align),
-whole blocks against the next K = (W - 1) // 2 ranks and, for even W, half of the block it
-shares with rank r + W/2; so every rank forms ``P_local^2 W / 2 = P_global^2 / (2W)``
-entries, 1/W of gather mode's upper triangle. On a block between two ranks there is no diagonal
-and no positive pair; its entries are redundancy terms with SPEC's weights (2 m^2 within a
-view, m^2 across views, each pair once). Rank r's share L_r is the sum of the terms it formed;
-``sum_r L_r = L``, and the output of every rank is the global ``(L, L_align, L_red)``, the
-shares summed by an all-reduce.
+The loss (symbols of docs/design.md, section 2). Every term of L is a function of one entry of S:
+``L = sum_{p<q} f_pq(S_pq)``. Split S into W x W blocks of P_local x P_local, block (r, r') pairing
+the rows of ranks r and r'. The pairs of one unordered block pair {r, r'} are formed once, on one of
+the two ranks (:mod:`smi_kernels.schedule`): rank r forms its diagonal block (the local mode's
+computation on its own rows: its triangle, the positives, all of L_align), whole blocks against the
+next K = (W - 1) // 2 ranks and, for even W, half of the block it shares with rank r + W/2; so every
+rank forms ``P_local^2 W / 2 = P_global^2 / (2W)`` entries, 1/W of gather mode's upper triangle. On
+a block between two ranks there is no diagonal and no positive pair; its entries are redundancy
+terms with the weights of section 2 (2 m^2 within a view, m^2 across views, each pair once). Rank
+r's share L_r is the sum of the terms it formed; ``sum_r L_r = L``, and the output of every rank is
+the global ``(L, L_align, L_red)``, the shares summed by an all-reduce.
 
 Backward. Row p enters L through row and column p of S, and S is symmetric, so
 

@@ -7,11 +7,15 @@ other.
   inside functions included) has no cycle.
 * No module uses another's private names (``op._allocate``): what modules share is public
   inside the package (a private *module*, ``smi_kernels._triton``, is fine).
+* The design document is the one the code cites: every "design.md, section N" (or "§N") names a
+  section that ``docs/design.md`` has, and no message the package raises names a file the wheel
+  does not ship.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -148,4 +152,44 @@ def test_no_module_uses_another_modules_private_names() -> None:
             owner = imported_module(dotted)
             if owner is not None and owner != name and dotted not in SOURCES:
                 found.append(f"{name}: {ast.unparse(node)}")
+    assert not found, found
+
+
+# -- the design document -------------------------------------------------------------------------
+
+DESIGN = ROOT / "docs" / "design.md"
+CITATION = re.compile(r"design\.md(?:,?\s+sections?\s+|\s*§)(\d+)(?:\s+and\s+(\d+))?")
+
+
+def test_design_sections_cited_exist() -> None:
+    sections = set(re.findall(r"^## (\d+)\. ", DESIGN.read_text(), re.M))
+    assert sections == {str(n) for n in range(1, len(sections) + 1)}
+    cited = {}
+    for folder in ("smi_kernels", "tests", "benchmarks", "tools", "examples"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text()
+            assert not re.search(r"\bSPEC\b", text), f"{path.relative_to(ROOT)} cites SPEC"
+            for match in CITATION.finditer(" ".join(text.split())):
+                cited.setdefault(path.relative_to(ROOT), set()).update(filter(None, match.groups()))
+    assert cited, "nothing cites docs/design.md"
+    missing = {str(path): sorted(n - sections) for path, n in cited.items() if n - sections}
+    assert not missing, f"sections cited that docs/design.md does not have: {missing}"
+
+
+def test_package_messages_name_only_what_the_wheel_ships() -> None:
+    """A string in a ``raise`` of the package names no file outside it (``docs/``, ``tests/``,
+    ``benchmarks/``, a ``.md``): the user who reads the message has the wheel, not the
+    repository."""
+    found = []
+    for name, path in SOURCES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Raise) or node.exc is None:
+                continue
+            text = " ".join(
+                part.value
+                for part in ast.walk(node.exc)
+                if isinstance(part, ast.Constant) and isinstance(part.value, str)
+            )
+            if re.search(r"\.md\b|\b(docs|tests|benchmarks|tools|examples)/", text):
+                found.append(f"{name}: {text[:120]}")
     assert not found, found
