@@ -1,7 +1,7 @@
 """Compile every Triton kernel the package launches for a GPU target, on a machine without one.
 
-    python benchmarks/kernel_report.py                  # the full matrix, sm_90 and sm_80
-    python benchmarks/kernel_report.py --quick          # the default configs only
+    python tools/kernel_report.py                  # the full matrix, sm_90 and sm_80
+    python tools/kernel_report.py --quick          # the default configs only
 
 For each launch of a problem, the launch is recorded exactly as ``smi_kernels._triton.op`` makes
 it (its plan, its arguments, its constexprs and options: the op's own host functions run with
@@ -435,7 +435,7 @@ def main(argv=None) -> int:
     totals = summary(rows)
     header = (
         f"# Kernel compile report: triton {triton.__version__}, torch {torch.__version__}\n\n"
-        f"`python benchmarks/kernel_report.py{' --quick' if args.quick else ''}` "
+        f"`python tools/kernel_report.py{' --quick' if args.quick else ''}` "
         f"({elapsed:.0f} s, no GPU). Targets: {', '.join(args.arch)}. Each launch of a "
         "forward + backward step compiled as the op makes it; registers and spills from "
         "ptxas -v, shared memory from the compiled metadata.\n\n"
