@@ -167,6 +167,8 @@ def test_design_sections_cited_exist() -> None:
     cited = {}
     for folder in ("smi_kernels", "tests", "benchmarks", "tools", "examples"):
         for path in sorted((ROOT / folder).rglob("*.py")):
+            if path == Path(__file__).resolve():
+                continue  # this file names what it looks for
             text = path.read_text()
             assert not re.search(r"\bSPEC\b", text), f"{path.relative_to(ROOT)} cites SPEC"
             for match in CITATION.finditer(" ".join(text.split())):
