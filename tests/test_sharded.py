@@ -5,7 +5,7 @@ Both backends (the Triton kernels under the interpreter here), float64 unless sa
 * real gloo process groups of 2, 3 and 4 ranks (``python this_file.py --launch``, every rank
   forked from one launcher): loss, terms and gradients against one process on the whole batch
   and against gather mode, also with rank-dependent incoming gradients and three views; DDP
-  parameter gradients; float32 and 16-bit inputs at SPEC tolerances; the FLOP counter's
+  parameter gradients; float32 and 16-bit inputs at design.md §6 tolerances; the FLOP counter's
   per-rank work (1/W of gather mode's, by the registered formulas on the Triton path); the
   largest tensor a rank creates; uneven inputs raise on every rank;
 * a one-rank gloo group inside the test process: the sharded mode is the local mode, bitwise;
@@ -352,7 +352,7 @@ def test_ddp_grads_equal_one_process_and_gather_mode(job, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", list(LOW_PRECISION), ids=str)
 def test_lower_precision_inputs(job, backend, dtype):
-    """float32 and 16-bit inputs against the float64 reference at SPEC section 6 tolerances;
+    """float32 and 16-bit inputs against the float64 reference at design.md §6 tolerances;
     the gradients come back in the input dtype, the loss in float32."""
     world, ranks = job
     views = [v.to(dtype).double() for v in global_views(world, d=WIDE)]  # the ranks' inputs
