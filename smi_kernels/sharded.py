@@ -237,10 +237,8 @@ class _ShardedSMIFunction(torch.autograd.Function):
         ctx.input_dtype = views[0].dtype
         if need_grad:
             ctx.pieces = [(rows, peer, cols) for rows, _, peer, cols in pieces]
-            ctx.save_for_backward(
-                zh.view(p_local, d), s.view(p_local), projected.view(p_local), zh_all, align_grad,
-                *(g for _, g, _, _ in pieces),
-            )  # fmt: skip
+            rows = (zh.view(p_local, d), s.view(p_local), projected.view(p_local))
+            ctx.save_for_backward(*rows, zh_all, align_grad, *(g for _, g, _, _ in pieces))
         return out
 
     @staticmethod
@@ -252,8 +250,9 @@ class _ShardedSMIFunction(torch.autograd.Function):
         if ctx.backend == "triton":
             from smi_kernels._triton import sharded as triton_sharded
 
-            dz = triton_sharded.backward(total, ctx.saved_tensors, ctx.plan, ctx.lambda_param,
-                                         ctx.eps, ctx.comm.rank)  # fmt: skip
+            dz = triton_sharded.backward(
+                total, ctx.saved_tensors, ctx.plan, ctx.lambda_param, ctx.eps, ctx.comm.rank
+            )
         else:
             with autocast_disabled(grad_out.device.type):
                 dz = _ShardedSMIFunction._backward(ctx, total, v_count)

@@ -234,7 +234,10 @@ def report_launch(launch: Launch, arch: str) -> dict[str, Any]:
     """Compile one launch for ``arch`` and measure it."""
     limit = LIMITS[arch]
     row: dict[str, Any] = {"kernel": launch.name, "grid": list(launch.grid)}
-    row["config"] = {k: v for k, v in launch.kwargs.items() if k.isupper() or k.startswith("num_")}
+    constexprs = {param.name for param in launch.kernel.params if param.is_constexpr}
+    row["config"] = {
+        k: v for k, v in launch.kwargs.items() if k in constexprs or k.startswith("num_")
+    }
     try:
         compiled, log = compile_launch(launch, limit["cc"])
     except Exception as error:  # a config that cannot compile is a finding, not a crash

@@ -85,9 +85,16 @@ def forward(
         op.launch_gram(plan, run, seg, columns, ranks.rank, eps)
     else:  # a dispatch mode (FlopCounterMode, ...) sees the registered op and its FLOP formula
         torch.ops.smi_kernels.smi_sharded_gram(
-            columns, workspace, [len(views), *views[0].shape], views[0].dtype,
-            torch.get_float32_matmul_precision(), need_grad, ranks.world, ranks.rank, eps,
-        )  # fmt: skip
+            columns=columns,
+            workspace=workspace,
+            z_shape=[len(views), *views[0].shape],
+            dtype=views[0].dtype,
+            precision=torch.get_float32_matmul_precision(),
+            need_grad=need_grad,
+            world=ranks.world,
+            rank=ranks.rank,
+            eps=eps,
+        )
     if need_grad:
         comm.exchange(*messages(plan, workspace, ranks))
     op.launch_finalize(plan, run, seg, out, lambda_param)
@@ -110,9 +117,17 @@ def backward(
     if op.eager(workspace.device):
         return op.backward(grad_out, workspace, plan, lambda_param, eps, columns, rank)
     return torch.ops.smi_kernels.smi_sharded_backward(
-        grad_out, workspace, columns, [plan.views, plan.n, plan.d], plan.dtype,
-        _precision(plan), plan.world, rank, lambda_param, eps,
-    )  # fmt: skip
+        grad_out=grad_out,
+        workspace=workspace,
+        columns=columns,
+        z_shape=[plan.views, plan.n, plan.d],
+        dtype=plan.dtype,
+        precision=_precision(plan),
+        world=plan.world,
+        rank=rank,
+        lambda_param=lambda_param,
+        eps=eps,
+    )
 
 
 def _precision(plan: Plan) -> str:
@@ -144,8 +159,9 @@ def smi_sharded_gram(
 
 
 @smi_sharded_gram.register_fake
-def _smi_sharded_gram_fake(columns, workspace, z_shape, dtype, precision, need_grad, world,
-                           rank, eps) -> None:  # fmt: skip
+def _smi_sharded_gram_fake(
+    columns, workspace, z_shape, dtype, precision, need_grad, world, rank, eps
+) -> None:
     return None
 
 
@@ -170,20 +186,23 @@ def smi_sharded_backward(
 
 
 @smi_sharded_backward.register_fake
-def _smi_sharded_backward_fake(grad_out, workspace, columns, z_shape, dtype, precision, world,
-                               rank, lambda_param, eps) -> Tensor:  # fmt: skip
+def _smi_sharded_backward_fake(
+    grad_out, workspace, columns, z_shape, dtype, precision, world, rank, lambda_param, eps
+) -> Tensor:
     return workspace.new_empty(tuple(z_shape), dtype=dtype)
 
 
 @register_flop_formula(torch.ops.smi_kernels.smi_sharded_gram)
-def _sharded_gram_flops(columns_shape, workspace_shape, z_shape, dtype, precision, need_grad,
-                        world, *args, **kwargs) -> int:  # fmt: skip
+def _sharded_gram_flops(
+    columns_shape, workspace_shape, z_shape, dtype, precision, need_grad, world, *args, **kwargs
+) -> int:
     v, n, d = z_shape
     return 2 * flops.sharded_forward_macs(n, d, world, v)
 
 
 @register_flop_formula(torch.ops.smi_kernels.smi_sharded_backward)
-def _sharded_backward_flops(grad_shape, workspace_shape, columns_shape, z_shape, dtype,
-                            precision, world, *args, **kwargs) -> int:  # fmt: skip
+def _sharded_backward_flops(
+    grad_shape, workspace_shape, columns_shape, z_shape, dtype, precision, world, *args, **kwargs
+) -> int:
     v, n, d = z_shape
     return 2 * flops.sharded_backward_macs(n, d, world, v)
