@@ -192,17 +192,16 @@ def _smi_sharded_backward_fake(
     return workspace.new_empty(tuple(z_shape), dtype=dtype)
 
 
+# FLOP formulas: the arguments of the op, tensors as their shapes
+
+
 @register_flop_formula(torch.ops.smi_kernels.smi_sharded_gram)
-def _sharded_gram_flops(
-    columns_shape, workspace_shape, z_shape, dtype, precision, need_grad, world, *args, **kwargs
-) -> int:
+def _sharded_gram_flops(columns, workspace, z_shape, dtype, precision, need_grad, world, *_, **__):
     v, n, d = z_shape
     return 2 * flops.sharded_forward_macs(n, d, world, v)
 
 
 @register_flop_formula(torch.ops.smi_kernels.smi_sharded_backward)
-def _sharded_backward_flops(
-    grad_shape, workspace_shape, columns_shape, z_shape, dtype, precision, world, *args, **kwargs
-) -> int:
+def _sharded_backward_flops(grad, workspace, columns, z_shape, dtype, precision, world, *_, **__):
     v, n, d = z_shape
     return 2 * flops.sharded_backward_macs(n, d, world, v)
