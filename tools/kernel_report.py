@@ -111,6 +111,13 @@ class Launch:
     def name(self) -> str:
         return self.kernel.fn.__name__
 
+    @property
+    def meta(self) -> dict:
+        """The meta-parameters and compile options: the keyword arguments that are not the
+        kernel's runtime arguments (pointers, sizes, scalars)."""
+        runtime = {param.name for param in self.kernel.params if not param.is_constexpr}
+        return {k: v for k, v in self.kwargs.items() if k not in runtime}
+
 
 @contextmanager
 def recording() -> Iterator[list[Launch]]:
@@ -234,10 +241,7 @@ def report_launch(launch: Launch, arch: str) -> dict[str, Any]:
     """Compile one launch for ``arch`` and measure it."""
     limit = LIMITS[arch]
     row: dict[str, Any] = {"kernel": launch.name, "grid": list(launch.grid)}
-    constexprs = {param.name for param in launch.kernel.params if param.is_constexpr}
-    row["config"] = {
-        k: v for k, v in launch.kwargs.items() if k in constexprs or k.startswith("num_")
-    }
+    row["config"] = {k: v for k, v in launch.meta.items() if k.isupper() or k.startswith("num_")}
     try:
         compiled, log = compile_launch(launch, limit["cc"])
     except Exception as error:  # a config that cannot compile is a finding, not a crash
@@ -327,7 +331,7 @@ def run(
                     for launch in record_step(variant):
                         if kernels is not None and launch.name not in kernels:
                             continue
-                        key = (launch.name, json.dumps(launch.kwargs, sort_keys=True, default=str))
+                        key = (launch.name, json.dumps(launch.meta, sort_keys=True, default=str))
                         if label != "default" and key in seen:
                             continue
                         seen.add(key)
