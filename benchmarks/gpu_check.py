@@ -14,12 +14,13 @@ Stages, each with a time budget; a stage that fails is recorded and the others s
                  1 GiB copy (HBM), a Triton kernel re-reading a 16 MiB buffer (L2), the host
                  time of one fused step at N = 256 (steps queued without synchronising)
                                                                             -> measured_rates.json
-    sweep        forward + backward time and peak memory of the SPEC target cases (and, without
-                 --quick, an N sweep at D = 8192) for SMI fused, the eager SMI reference,
-                 torch.compile of it, Barlow Twins, VICReg and NT-Xent (``speed.measure_point``:
-                 ``triton.testing.do_bench`` medians, ``torch.cuda.max_memory_allocated``)
-    model        ``benchmarks/model.py`` re-evaluated with the measured rates, its predictions
-                 beside the measurements; target / predicted / measured / verdict
+    sweep        forward + backward time and peak memory of the performance targets' cases (and,
+                 without --quick, an N sweep at D = 8192) for SMI fused, the eager SMI
+                 reference, torch.compile of it, Barlow Twins, VICReg and NT-Xent
+                 (``harness.measure_point``: ``triton.testing.do_bench`` medians,
+                 ``torch.cuda.max_memory_allocated``)
+    model        the performance model (``tools/model.py``) re-evaluated with the measured rates,
+                 its predictions beside the measurements; target / predicted / measured / verdict
 
 Writes ``benchmarks/results/<gpu-name-slug>/``: gpu_check.json, gpu_check.md, env.json,
 pytest.log, sanitizer.log, measured_rates.json and PNG plots (gpu_check_*.png).
@@ -50,6 +51,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
+#: the harness, and the performance model of ``tools/`` that the predictions come from
+sys.path[:0] = [str(BENCHMARKS), str(REPO / "tools")]
 NO_GPU = 3
 
 #: seconds for the whole run, and per stage (the sweep takes what is left before the model)
@@ -300,11 +303,11 @@ def stage_sanitizer(out_dir: Path, budget: float) -> dict[str, Any]:
 
 
 def _time_s(step: Callable[[], None], device: Any, mode: str = "min") -> float:
-    import speed
+    import harness
 
     if device.type == "cuda":
-        return speed.time_cuda_ms(step, mode=mode) * 1e-3
-    times = speed.time_cpu_interleaved({"x": step}, min_run_time=0.2, min_rounds=3)["x"]
+        return harness.time_cuda_ms(step, mode=mode) * 1e-3
+    times = harness.time_cpu_interleaved({"x": step}, min_run_time=0.2, min_rounds=3)["x"]
     return min(times)
 
 
@@ -391,7 +394,7 @@ def _l2_read_rate(device: Any) -> float:
 
 def stage_rates(device: Any, points: Sequence[Point]) -> dict[str, Any]:
     """The device's rates as the model names them (``model.DeviceRates`` fields): the GEMM
-    rates at the shapes of target (a) (bf16) and (c) (TF32, FP32), as speed.py's roofline."""
+    rates at the shapes of target (a) (bf16) and (c) (TF32, FP32), as the harness's roofline."""
     import torch
 
     rates: dict[str, Any] = {}
@@ -423,7 +426,7 @@ def stage_rates(device: Any, points: Sequence[Point]) -> dict[str, Any]:
     for name, (dtype, precision, n, d) in gemms.items():
         try:
             torch.set_float32_matmul_precision(precision)
-            # (2N, D) @ (D, 2N): the shape of the SMI Gram, as speed.py's roofline
+            # (2N, D) @ (D, 2N): the shape of the SMI Gram, as the harness's roofline
             left = torch.randn(2 * n, d, device=device, dtype=dtype)
             right = torch.randn(d, 2 * n, device=device, dtype=dtype)
             seconds = _time_s(lambda x=left, y=right: torch.mm(x, y), device)
@@ -503,12 +506,11 @@ def sweep_points(quick: bool, smoke: bool) -> list[Point]:
 def stage_sweep(
     device: Any, points: Sequence[Point], deadline: float, min_run_time: float
 ) -> dict[str, Any]:
-    """Time and peak memory of every point's losses (``speed.measure_point``)."""
+    """Time and peak memory of every point's losses (``harness.measure_point``)."""
     import harness
-    import speed
     import torch
 
-    losses = {loss.key: loss for loss in speed.losses(device)}
+    losses = {loss.key: loss for loss in harness.losses(device)}
     if device.type != "cuda":  # the CPU smoke run: the op under the Triton interpreter
         losses["smi_fused"] = harness.SMI_FUSED_OP
     rows: list[dict[str, Any]] = []
@@ -524,7 +526,7 @@ def stage_sweep(
         print(f"[gpu_check]   {where} ({point.precision}): {', '.join(point.losses)}", flush=True)
         try:
             torch.set_float32_matmul_precision(point.precision)
-            gemm, results = speed.measure_point(
+            gemm, results = harness.measure_point(
                 chosen, point.n, point.d, model_dtype(point.dtype), device, min_run_time
             )
         finally:
@@ -546,9 +548,9 @@ def stage_sweep(
 
 
 def model_dtype(name: str) -> Any:
-    import model
+    import harness
 
-    return model.DTYPES[name]
+    return harness.DTYPES[name]
 
 
 def measured_rates(rates: dict[str, Any]) -> Any:
@@ -596,7 +598,7 @@ def stage_model(rates_data: dict[str, Any], sweep_rows: Sequence[dict[str, Any]]
         peaks = {r["loss"]: r["peak_bytes"] for r in mine if r.get("peak_bytes")}
         rates = measured
         gemm = next((r["gemm_flops"] for r in mine if r.get("gemm_flops")), None)
-        if gemm:  # the roofline at this very shape, as speed.py measures it
+        if gemm:  # the roofline at this very shape, as the harness measures it
             field_name = (
                 "tensor_16bit"
                 if case.dtype != "float32"
@@ -867,12 +869,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = start + budget
     stage_budget = QUICK_STAGE_BUDGET_S if args.quick else STAGE_BUDGET_S
 
-    sys.path.insert(0, str(BENCHMARKS))
-    import speed
+    import harness
     import torch
 
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
-    out_dir = args.out_dir or BENCHMARKS / "results" / speed.device_slug(device)
+    out_dir = args.out_dir or BENCHMARKS / "results" / harness.device_slug(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     errors_log = out_dir / "stage_errors.log"
     errors_log.unlink(missing_ok=True)

@@ -1,4 +1,6 @@
-"""What the benchmark scripts share: the import path, the losses compared, a live-memory meter.
+"""What the benchmark scripts share: the import path, the losses compared, a live-memory meter,
+and the measurement of one (N, D, dtype) point (time with its spread, peak memory, the GEMM
+rate of the same shape).
 
 The scripts run from a fresh clone as ``python benchmarks/<name>.py``: importing this module puts
 the repository root on ``sys.path`` so that ``reference`` (not an installed package) imports.
@@ -6,10 +8,15 @@ the repository root on ``sys.path`` so that ``reference`` (not an installed pack
 
 from __future__ import annotations
 
+import math
+import re
+import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -22,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten  # noqa: E402
 
 import reference  # noqa: E402
+from smi_kernels import flops as cost_model  # noqa: E402
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -159,3 +167,323 @@ def measure_live_peak(fn: LossFn, z_a: Tensor, z_b: Tensor, backward: bool = Tru
             loss.backward()
         del loss
     return meter.peak
+
+
+# ------------------------------------------------------------------ measuring one point
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+SMI_REFERENCE_COMPILED_KEY = "smi_reference_compiled"
+
+
+def device_slug(device: torch.device) -> str:
+    """``cpu``, or the GPU's name as a path-safe slug (``nvidia-h100-80gb-hbm3``)."""
+    if device.type != "cuda":
+        return device.type
+    name = torch.cuda.get_device_name(device)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def losses(device: torch.device) -> list[Loss]:
+    """The losses timed on ``device``, fused first (CUDA only). The reference is handed to
+    torch.compile when the compiled loss first runs (the call imports dynamo, seconds)."""
+    compiled: list[Callable[..., Tensor]] = []
+
+    def run_compiled(z_a: Tensor, z_b: Tensor) -> Tensor:
+        if not compiled:
+            compiled.append(torch.compile(reference.smi_loss))
+        return compiled[0](z_a, z_b)
+
+    smi_compiled = Loss(
+        SMI_REFERENCE_COMPILED_KEY,
+        "SMI reference + torch.compile",
+        run_compiled,
+        False,
+        False,
+        "none",
+    )
+    chosen = [
+        SMI_FUSED,
+        SMI_TORCH,
+        SMI_REFERENCE,
+        smi_compiled,
+        BARLOW,
+        VICREG,
+        NTXENT,
+    ]
+    return [loss for loss in chosen if device.type == "cuda" or not loss.cuda_only]
+
+
+def _is_oom(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _error(error: BaseException) -> tuple[str, str]:
+    status = "oom" if _is_oom(error) else "error"
+    return status, f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+
+
+def time_cuda_ms(step: Callable[[], None], mode: str = "median") -> float:
+    """Milliseconds of ``step`` by ``triton.testing.do_bench``: the median (or with
+    ``mode="min"`` the fastest) over CUDA-event timings, L2 flushed in between."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(step, warmup=25, rep=100, return_mode=mode))
+
+
+def time_cuda_quantiles_ms(step: Callable[[], None]) -> list[float]:
+    """``[min, q1, median, q3, max]`` milliseconds of ``step`` by ``triton.testing.do_bench``."""
+    import triton.testing
+
+    quantiles = [0.0, 0.25, 0.5, 0.75, 1.0]
+    return [
+        float(t) for t in triton.testing.do_bench(step, warmup=25, rep=100, quantiles=quantiles)
+    ]
+
+
+def summary_ms(seconds: Sequence[float]) -> list[float]:
+    """``[min, q1, median, q3, max]`` of per-step seconds, in milliseconds."""
+    ms = sorted(1e3 * t for t in seconds)
+    if len(ms) == 1:
+        return ms * 5
+    q1, median, q3 = statistics.quantiles(ms, n=4, method="inclusive")
+    return [ms[0], q1, median, q3, ms[-1]]
+
+
+def spread(quantiles: Sequence[float]) -> float:
+    """The noise of one timing: interquartile range over median."""
+    return (quantiles[3] - quantiles[1]) / quantiles[2] if quantiles[2] > 0 else math.inf
+
+
+def time_cpu_interleaved(
+    steps: dict[str, Callable[[], None]], min_run_time: float, min_rounds: int = 5
+) -> dict[str, list[float]]:
+    """Seconds of every step, run in alternation: each round runs each step once, until
+    ``min_rounds`` rounds are done and every step has had ``min_run_time`` seconds. On a
+    machine shared with other work, load that comes and goes then falls on every loss alike
+    instead of on whichever was being timed at the time. A step that raises leaves the rotation
+    (its error is stored under ``"<key>:error"`` as a one-item list holding the exception)."""
+    times: dict[str, list[float]] = {key: [] for key in steps}
+    active = dict(steps)
+    rounds = 0
+    while active:
+        for key, step in list(active.items()):
+            start = time.perf_counter()
+            try:
+                step()
+            except Exception as error:
+                times[f"{key}:error"] = [error]  # type: ignore[list-item]
+                del active[key]
+                continue
+            times[key].append(time.perf_counter() - start)
+        rounds += 1
+        if rounds >= min_rounds and all(sum(times[key]) >= min_run_time for key in active):
+            break
+    return times
+
+
+def peak_bytes(
+    fn: LossFn, z_a: Tensor, z_b: Tensor, device: torch.device, compiled: bool
+) -> int | None:
+    """Peak bytes above the inputs of one step (None: not measurable here)."""
+    z_a.grad = z_b.grad = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn(z_a, z_b).backward()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        z_a.grad = z_b.grad = None
+        return peak
+    if compiled:
+        return None
+    peak = measure_live_peak(fn, z_a, z_b)
+    z_a.grad = z_b.grad = None
+    return peak
+
+
+def model_macs(key: str, n: int, d: int) -> int | None:
+    """Multiply-adds of one step by the cost model (fused and PyTorch-path rows only)."""
+    if key == "smi_fused":
+        return cost_model.fused_forward_macs(n, d) + cost_model.fused_backward_macs(n, d)
+    if key == "smi_torch":
+        # the PyTorch path multiplies the V(V+1)/2 blocks forward and G_sym Z backward
+        return cost_model.naive_forward_macs(n, d) + cost_model.fused_backward_macs(n, d)
+    return None
+
+
+GEMM = "gemm"
+
+
+def _loss_step(
+    loss: Loss, n: int, d: int, dtype: torch.dtype, device: torch.device, seed: int = 0
+) -> tuple[Callable[[], None], Tensor, Tensor]:
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    z_a, z_b = (
+        torch.randn(n, d, generator=generator).to(device=device, dtype=dtype).requires_grad_()
+        for _ in range(2)
+    )
+
+    def step() -> None:
+        z_a.grad = z_b.grad = None
+        loss.fn(z_a, z_b).backward()
+
+    return step, z_a, z_b
+
+
+def _gemm_step(n: int, d: int, dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
+    # torch.mm on (P, D) @ (D, P), P = 2N: the shape of the SMI Gram
+    a = torch.randn(2 * n, d, device=device, dtype=dtype)
+    b = torch.randn(d, 2 * n, device=device, dtype=dtype)
+
+    def step() -> None:
+        torch.mm(a, b)
+
+    return step
+
+
+@dataclass
+class _Timing:
+    """One timing pass over the steps of a point: quantiles per loss, errors, the GEMM time."""
+
+    quantiles: dict[str, list[float]]
+    rounds: dict[str, int]
+    errors: dict[str, BaseException]
+    gemm_s: float | None
+
+    @property
+    def worst_spread(self) -> float:
+        return max((spread(q) for q in self.quantiles.values()), default=0.0)
+
+
+def _time_steps(
+    steps: dict[str, Callable[[], None]], device: torch.device, min_run_time: float, rounds: int
+) -> _Timing:
+    timing = _Timing({}, {}, {}, None)
+    if device.type == "cuda":
+        for key, step in steps.items():
+            try:
+                if key == GEMM:
+                    timing.gemm_s = time_cuda_ms(step, mode="min") * 1e-3
+                else:
+                    timing.quantiles[key] = time_cuda_quantiles_ms(step)
+            except Exception as error:
+                if key != GEMM:
+                    timing.errors[key] = error
+            torch.cuda.empty_cache()
+        return timing
+    times = time_cpu_interleaved(steps, min_run_time, rounds)
+    for key, seconds in times.items():
+        if key.endswith(":error"):
+            timing.errors[key.removesuffix(":error")] = seconds[0]  # type: ignore[assignment]
+        elif key == GEMM:
+            timing.gemm_s = min(seconds) if seconds else None
+        elif seconds:
+            timing.quantiles[key] = summary_ms(seconds)
+            timing.rounds[key] = len(seconds)
+    return timing
+
+
+def measure_point(
+    chosen: Sequence[Loss],
+    n: int,
+    d: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    min_run_time: float,
+    progress: Any = None,
+    rounds: int = 5,
+    max_spread: float = 0.10,
+    retries: int | None = None,
+) -> tuple[float | None, list[dict[str, Any]]]:
+    """The GEMM rate (flop/s, fastest run) and one result row per loss at one (N, D, dtype).
+
+    The point is timed again, up to ``retries`` times (default: 2 on the CPU, none on CUDA,
+    whose event timings are steady), while any loss's spread (interquartile range over median)
+    exceeds ``max_spread``; the least noisy pass is kept, and its rows say whether they were
+    ``accepted``."""
+    if retries is None:
+        retries = 0 if device.type == "cuda" else 2
+    rows: dict[str, dict[str, Any]] = {}
+    steps: dict[str, Callable[[], None]] = {}
+    tensors: dict[str, tuple[Tensor, Tensor]] = {}
+    for loss in chosen:
+        row: dict[str, Any] = {"status": "ok", "error": None, "time_ms": None, "peak_bytes": None}
+        rows[loss.key] = row
+        try:
+            step, z_a, z_b = _loss_step(loss, n, d, dtype, device)
+            start = time.perf_counter()
+            step()  # warm-up: compilation, autotuning, allocator
+            _synchronize(device)
+            row["first_call_s"] = time.perf_counter() - start
+            steps[loss.key], tensors[loss.key] = step, (z_a, z_b)
+        except Exception as error:  # one configuration failing must not end the sweep
+            row["status"], row["error"] = _error(error)
+    try:
+        steps[GEMM] = _gemm_step(n, d, dtype, device)
+    except Exception as error:
+        if not _is_oom(error):
+            raise
+
+    best: _Timing | None = None
+    gemm_s: float | None = None
+    attempts = 0
+    for attempt in range(1, retries + 2):
+        attempts = attempt
+        timing = _time_steps(steps, device, min_run_time, rounds)
+        for key, error in timing.errors.items():
+            if key in rows:
+                rows[key]["status"], rows[key]["error"] = _error(error)
+            steps.pop(key, None)
+        if timing.gemm_s is not None:
+            gemm_s = timing.gemm_s if gemm_s is None else min(gemm_s, timing.gemm_s)
+        if best is None or timing.worst_spread < best.worst_spread:
+            best = timing
+        if best.worst_spread <= max_spread:
+            break
+    assert best is not None
+    for key, quantiles in best.quantiles.items():
+        if rows[key]["status"] != "ok":
+            continue
+        minimum, q1, median, q3, maximum = quantiles
+        rows[key].update(
+            time_ms=median,
+            time_min_ms=minimum,
+            time_q1_ms=q1,
+            time_q3_ms=q3,
+            time_max_ms=maximum,
+            spread=spread(quantiles),
+            accepted=spread(quantiles) <= max_spread,
+            rounds=best.rounds.get(key),
+            attempts=attempts,
+        )
+    if progress is not None:
+        progress.update(len(chosen) // 2)
+
+    gemm_rate = 2 * (2 * n) * (2 * n) * d / gemm_s if gemm_s else None
+    for loss in chosen:
+        row = rows[loss.key]
+        if row["status"] == "ok" and loss.key in tensors:
+            try:
+                compiled = loss.key == SMI_REFERENCE_COMPILED_KEY
+                row["peak_bytes"] = peak_bytes(loss.fn, *tensors[loss.key], device, compiled)
+            except Exception as error:
+                row["status"], row["error"] = _error(error)
+        macs = model_macs(loss.key, n, d)
+        if macs is not None and row["time_ms"] is not None and gemm_rate:
+            row["achieved_flops"] = 2 * macs / (row["time_ms"] * 1e-3)
+            row["roofline_pct"] = 100 * row["achieved_flops"] / gemm_rate
+    if progress is not None:
+        progress.update(len(chosen) - len(chosen) // 2)
+    del steps, tensors
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return gemm_rate, [rows[loss.key] for loss in chosen]

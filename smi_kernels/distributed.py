@@ -3,20 +3,21 @@
 Gradient convention: every rank computes the same global loss L on the gathered batch. The
 backward of the gather sums, over ranks, the gradient each rank computed for this rank's rows
 (an all-reduce), and returns this rank's slice: ``world_size * dL/dz_local``.
-DistributedDataParallel
-then averages parameter gradients over ranks, so each parameter receives exactly ``dL/dtheta`` of
-one process that sees the whole batch.
+DistributedDataParallel then averages parameter gradients over ranks, so each parameter receives
+exactly ``dL/dtheta`` of one process that sees the whole batch.
 
 The plumbing of ``gather_distributed="sharded"`` (see :mod:`smi_kernels.sharded`) lives here too:
 :func:`check_same_shapes` (one small all-gather a call, so that uneven inputs raise the same
-``ValueError`` on every rank instead of hanging in a collective) and
-:class:`ProcessGroupCommunicator`, the all-gather, all-reduce and point-to-point exchange that
-mode needs, without gradients (its autograd function differentiates by hand).
+``ValueError`` on every rank instead of hanging in a collective), :class:`Communicator`, the
+all-gather, all-reduce and point-to-point exchange that mode needs, without gradients (its
+autograd function differentiates by hand), and :class:`ProcessGroupCommunicator`, those of the
+default process group.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -112,6 +113,29 @@ def check_same_shapes(
         "every rank (the global batch is the ranks' batches stacked), and a gradient on every "
         "rank or on none; got " + "; ".join(describe(rank, row) for rank, row in enumerate(shapes))
     )
+
+
+class Communicator(Protocol):
+    """What the sharded mode needs from a process group (no gradients flow through it)."""
+
+    rank: int
+    world_size: int
+
+    def all_gather(self, local: Tensor) -> Tensor:
+        """(W, *local.shape): ``local`` of every rank, in rank order."""
+        ...
+
+    def all_reduce(self, values: Tensor) -> Tensor:
+        """The sum of ``values`` over the ranks."""
+        ...
+
+    def exchange(
+        self, sends: Sequence[tuple[int, Tensor]], receives: Sequence[tuple[int, Tensor]]
+    ) -> None:
+        """Point to point: send each ``(peer, tensor)`` of ``sends`` and fill each buffer of
+        ``receives`` from its peer (every rank posts the matching pairs). Two messages between
+        the same two ranks must arrive in the order they were posted (as NCCL and Gloo do)."""
+        ...
 
 
 class ProcessGroupCommunicator:

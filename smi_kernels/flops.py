@@ -4,7 +4,7 @@ Convention: one multiply-add of a matrix product is one MAC; element-wise work i
 fvcore counts the same way (one MAC = one "flop"); ``torch.utils.flop_counter`` counts two
 (a multiply and an add), hence the ``flop_formula_*`` functions return ``2 * MACs``.
 
-V views of shape (N, D), P = V N stacked rows (SPEC section 2 and 4):
+V views of shape (N, D), P = V N stacked rows (docs/design.md, sections 2 and 4):
 
     naive SMI forward       V (V + 1) / 2 N^2 D    one N x N block per pair u <= v
                                                    (V = 2: AB, AA, BB -> 3 N^2 D)
@@ -39,6 +39,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from smi_kernels import schedule
 
 FORWARD_OP = "smi_kernels::smi_forward"
 BACKWARD_OP = "smi_kernels::smi_backward"
@@ -99,17 +101,17 @@ def sharded_forward_macs(n_local: int, d: int, world: int, views: int = 2) -> in
     """MACs of one rank's sharded forward: ``P_local^2 W D / 2 = P_global^2 D / (2 W)``.
 
     Its own triangle (P_local^2 / 2), K = (W - 1) // 2 whole P_local x P_local blocks with other
-    ranks, and for even W half of one more: every pair of rank blocks is formed on one rank, so
-    this is exactly 1/W of gather mode's fused triangle ``P_global^2 D / 2`` (see
-    :mod:`smi_kernels.sharded`). Counted as the mathematical share; the Triton kernels round the
-    half block to whole tiles (``P_local B / 2`` entries more on the upper rank of the pair, as
-    many fewer on the lower, B the tile).
+    ranks, and for even W half of one more (``schedule.half_blocks``: W halves of a block): every
+    pair of rank blocks is formed on one rank, so this is exactly 1/W of gather mode's fused
+    triangle ``P_global^2 D / 2`` (see :mod:`smi_kernels.schedule`). Counted as the mathematical
+    share; the Triton kernels round the half block to whole tiles (``P_local B / 2`` entries more on
+    the upper rank of the pair, as many fewer on the lower, B the tile).
     """
     _check(n_local, d, views)
     if world < 1:
         raise ValueError(f"world must be positive, got {world}")
     p_local = views * n_local
-    return p_local * p_local * world * d // 2
+    return p_local * p_local * schedule.half_blocks(world) * d // 2
 
 
 def sharded_backward_macs(n_local: int, d: int, world: int, views: int = 2) -> int:

@@ -1,14 +1,8 @@
 """``SMILoss`` and the functional API: validation, backend choice, the optional gather.
 
-The loss, for V >= 2 views ``z_1 ... z_V`` of shape (N, D) whose row i comes from the same
-original sample::
-
-    zh_i    = (z_i - mean(z_i)) / max(||z_i - mean(z_i)||, 1e-12)      (per row, across features)
-    m(rho)  = -1/2 log(1 - rho^2 + eps),  rho clamped to [-1, 1]
-    M^{uv}  = m(zh^u zh^v^T)                                            (N x N)
-    L_align = sum_{u<v} sum_i (1 - M^{uv}_ii)^2
-    L_red   = sum_{u<v} sum_{i!=j} (M^{uv}_ij)^2 + sum_u sum_{i!=j} (M^{uu}_ij)^2
-    L       = L_align + lambda_param * L_red
+The loss of V >= 2 views of shape (N, D), row i of every view from the same original sample, is
+written out formula by formula in :mod:`smi_kernels.reference` (and in docs/design.md, section 1,
+in the repository): ``L = L_align + lambda_param * L_red``.
 """
 
 from __future__ import annotations

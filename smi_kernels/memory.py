@@ -3,13 +3,10 @@
 Bytes, for V views of (N, D), P = V N rows, element size b of the input dtype (compute dtype for
 the PyTorch path: float32 for half inputs), a = 4 (8 for float64) the accumulator size:
 
-Triton path (G stored as packed upper tiles of side B, NB = ceil(P / B)):
-    stacked input   P D b                     (torch.stack of the views)
-    zh              P D b                     saved
-    G               NB (NB + 1) / 2 B^2 b     saved, only when a gradient is needed
-    radial partials NB^2 B a                  saved, only when a gradient is needed
-    vectors         (2 P + 2 V^2 N + N + NB^2 + 3) a
-    backward: dz    P D b
+Triton path: one workspace per forward, laid out by the launch plan (``_triton/plan.py``: zh
+with its padding, the row scales and pair terms, the per-tile partials, and with a gradient the
+G tiles (NB (NB + 1) / 2 tiles of B^2 b, NB = ceil(P / B)) and the radial slots); the views are
+read in place. Backward: dz, P D_pad b.
 PyTorch path:
     stacked input, zh, and one P x D temporary   3 P D b
     G (P x P) saved, plus one N x N block and its transform temporaries, the previous
@@ -54,6 +51,8 @@ from dataclasses import dataclass
 
 import torch
 
+from smi_kernels import schedule
+
 
 @dataclass(frozen=True)
 class MemoryEstimate:
@@ -68,41 +67,20 @@ class MemoryEstimate:
 
     @property
     def forward_new(self) -> int:
-        """Bytes the forward allocates beyond the stacked input."""
-        return self.standardized + self.gradient_matrix + self.partials + self.vectors
-
-    @property
-    def saved(self) -> int:
-        """Bytes the autograd graph keeps between forward and backward."""
+        """Bytes the forward allocates beyond the stacked input: all of it stays alive for the
+        backward (the autograd graph keeps it)."""
         return self.standardized + self.gradient_matrix + self.partials + self.vectors
 
     @property
     def peak(self) -> int:
         """Bytes alive at the peak (the backward's output next to the saved tensors)."""
-        return self.stacked_input + self.saved + self.backward
+        return self.stacked_input + self.forward_new + self.backward
 
 
 def _sizes(dtype: torch.dtype) -> tuple[int, int]:
     element = torch.empty((), dtype=dtype).element_size()
     accumulator = 8 if dtype == torch.float64 else 4
     return element, accumulator
-
-
-def triton_estimate(
-    n: int, d: int, views: int, dtype: torch.dtype, need_grad: bool, block: int
-) -> MemoryEstimate:
-    """Bytes of the Triton path with G tiles of side ``block``."""
-    b, a = _sizes(dtype)
-    p = views * n
-    nb = math.ceil(p / block)
-    return MemoryEstimate(
-        stacked_input=p * d * b,
-        standardized=p * d * b,
-        gradient_matrix=(nb * (nb + 1) // 2) * block * block * b if need_grad else 0,
-        partials=nb * nb * block * a if need_grad else 0,
-        vectors=(2 * p + 2 * views * views * n + n + nb * nb + 3) * a,
-        backward=p * d * b if need_grad else 0,
-    )
 
 
 def torch_estimate(
@@ -150,10 +128,9 @@ def sharded_estimate(
     if backend == "triton":
         b, a = _sizes(dtype)
         nb = math.ceil(p_local / block)
-        full, half = (world - 1) // 2, int(world % 2 == 0 and world > 1)
-        stored = nb * (nb + 1) // 2 + (world - 1) * nb * nb
-        tiles = nb * (nb + 1) // 2 + full * nb * nb + half * nb * (nb + 1) // 2  # upper rank
-        slots = (world + full + 2 * half) * nb
+        stored = schedule.stored_tiles(nb, world)
+        tiles = schedule.forward_tiles(nb, world, upper=True)  # the upper rank: the larger share
+        slots = schedule.radial_slots(nb, world)
         return MemoryEstimate(
             stacked_input=p_local * d * b,
             standardized=(p_local + p_global) * d * b,

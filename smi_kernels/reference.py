@@ -36,16 +36,18 @@ from smi_kernels import _checks
 from smi_kernels._math import ROW_SCALE_FLOOR
 from smi_kernels.loss import SMIOutput
 
-__all__ = ["smi_loss", "smi_loss_with_terms"]
+__all__ = ["dependency", "smi_loss", "smi_loss_with_terms", "standardize"]
 
 
-def _standardize(z: Tensor) -> Tensor:
+def standardize(z: Tensor) -> Tensor:
+    """Rows of ``z`` centred and scaled to unit norm: ``zh_i = (z_i - mu_i) / s_i``."""
     centred = z - z.mean(dim=1, keepdim=True)
     s = torch.linalg.vector_norm(centred, dim=1, keepdim=True).clamp(min=ROW_SCALE_FLOOR)
     return centred / s
 
 
-def _dependency(rho: Tensor, eps: float) -> Tensor:
+def dependency(rho: Tensor, eps: float) -> Tensor:
+    """The Gaussian mutual-information transform ``m(rho) = -1/2 log(1 - rho^2 + eps)``."""
     rho = rho.clamp(-1.0, 1.0)
     return -0.5 * torch.log(1.0 - rho**2 + eps)
 
@@ -55,17 +57,17 @@ def smi_loss_with_terms(*views: Tensor, lambda_param: float = 5e-3, eps: float =
     autograd ops; arguments and validation as :func:`smi_kernels.smi_loss`."""
     _checks.check_hyperparameters(lambda_param, eps)
     _checks.check_views(views)
-    zh = [_standardize(z) for z in views]
+    zh = [standardize(z) for z in views]
     n = zh[0].shape[0]
     off_diagonal = ~torch.eye(n, dtype=torch.bool, device=zh[0].device)
     align = zh[0].new_zeros(())
     red = zh[0].new_zeros(())
     for u, v in itertools.combinations(range(len(zh)), 2):
-        m_uv = _dependency(zh[u] @ zh[v].T, eps)
+        m_uv = dependency(zh[u] @ zh[v].T, eps)
         align = align + ((1.0 - m_uv.diagonal()) ** 2).sum()
         red = red + (m_uv[off_diagonal] ** 2).sum()
     for zh_u in zh:
-        m_uu = _dependency(zh_u @ zh_u.T, eps)
+        m_uu = dependency(zh_u @ zh_u.T, eps)
         red = red + (m_uu[off_diagonal] ** 2).sum()
     return SMIOutput(align + lambda_param * red, align, red)
 

@@ -1,8 +1,8 @@
 """Global-batch SMI with the work sharded over the ranks: ``gather_distributed="sharded"``.
 
-The same loss and gradients as ``gather_distributed=True`` (SPEC section 5), with each rank doing
-1/W of gather mode's matrix work: every pair of rows of the global batch is formed on exactly
-one rank, and each rank computes the gradient of its own rows only.
+The same loss and gradients as ``gather_distributed=True`` (docs/design.md, section 5), with each
+rank doing 1/W of gather mode's matrix work: every pair of rows of the global batch is formed on
+exactly one rank, and each rank computes the gradient of its own rows only.
 
 Setting. W ranks, each with V views of shape (n, D) (n = N_local). The global batch is the ranks'
 batches stacked in rank order, view by view, as in gather mode: global sample ``g = r n + i``.
@@ -16,25 +16,17 @@ same two rows that gather mode forms, up to the summation order of the matrix pr
 Gathering the raw views instead would make every rank standardise all P_global rows (W-fold
 redundant element-wise work).
 
-The loss (symbols of SPEC section 2). Every term of L is a function of one entry of S:
-``L = sum_{p<q} f_pq(S_pq)``. Split S into W x W blocks of P_local x P_local, block (r, r')
-pairing the rows of ranks r and r'. The pairs of one unordered block pair {r, r'} are formed
-once, on one of the two ranks (``Schedule``):
-
-    the diagonal block (r, r)     on rank r: the local mode's computation on its own rows
-                                  (its triangle, the positives, L_align: all of L_align)
-    K = (W - 1) // 2 whole blocks rank r forms (r, r + t mod W) for t = 1..K
-    even W: the block at W/2      shared by r and r + W/2: the upper rank (r < W/2) forms its
-                                  rows against the partner's first rows, the lower rank the rest
-                                  (PyTorch: columns [0, h) / rows [h, P_local), h = P_local // 2;
-                                  Triton: whole tiles, the upper triangle with the diagonal
-                                  tiles / the strict upper triangle)
-
-so every rank forms ``P_local^2 W / 2 = P_global^2 / (2W)`` entries, 1/W of gather mode's upper
-triangle. On a block between two ranks there is no diagonal and no positive pair; its entries
-are redundancy terms with SPEC's weights (2 m^2 within a view, m^2 across views, each pair
-once). Rank r's share L_r is the sum of the terms it formed; ``sum_r L_r = L``, and the output
-of every rank is the global ``(L, L_align, L_red)``, the shares summed by an all-reduce.
+The loss (symbols of docs/design.md, section 2). Every term of L is a function of one entry of S:
+``L = sum_{p<q} f_pq(S_pq)``. Split S into W x W blocks of P_local x P_local, block (r, r') pairing
+the rows of ranks r and r'. The pairs of one unordered block pair {r, r'} are formed once, on one of
+the two ranks (:mod:`smi_kernels.schedule`): rank r forms its diagonal block (the local mode's
+computation on its own rows: its triangle, the positives, all of L_align), whole blocks against the
+next K = (W - 1) // 2 ranks and, for even W, half of the block it shares with rank r + W/2; so every
+rank forms ``P_local^2 W / 2 = P_global^2 / (2W)`` entries, 1/W of gather mode's upper triangle. On
+a block between two ranks there is no diagonal and no positive pair; its entries are redundancy
+terms with the weights of section 2 (2 m^2 within a view, m^2 across views, each pair once). Rank
+r's share L_r is the sum of the terms it formed; ``sum_r L_r = L``, and the output of every rank is
+the global ``(L, L_align, L_red)``, the shares summed by an all-reduce.
 
 Backward. Row p enters L through row and column p of S, and S is symmetric, so
 
@@ -70,20 +62,20 @@ one tile at a time (Triton). Communication: one all-gather of zh, the G blocks p
 (with a gradient), and three small collectives (the shape check, the shares, the incoming
 gradients).
 
-The backends share this module's schedule, communication and autograd function; the PyTorch
-path is :func:`redundancy_share` / :func:`band_gradient`, the Triton path
+The backends share the schedule (:mod:`smi_kernels.schedule`), the communication
+(:mod:`smi_kernels.distributed`) and this module's autograd function; the PyTorch path is
+:func:`redundancy_share` / :func:`band_gradient`, the Triton path
 :mod:`smi_kernels._triton.sharded` (the local kernels with ``SHARDED`` set).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from smi_kernels import distributed
 from smi_kernels._torch import (
     add_alignment_gradient,
     alignment_terms,
@@ -96,80 +88,14 @@ from smi_kernels._torch import (
     standardize_rows,
     standardize_rows_backward,
 )
+from smi_kernels.distributed import Communicator
+from smi_kernels.schedule import ALL, Schedule
 
 MODE = "gather_distributed='sharded'"
 
 
-class Communicator(Protocol):
-    """What the sharded mode needs from a process group (no gradients flow through it)."""
-
-    rank: int
-    world_size: int
-
-    def all_gather(self, local: Tensor) -> Tensor:
-        """(W, *local.shape): ``local`` of every rank, in rank order."""
-        ...
-
-    def all_reduce(self, values: Tensor) -> Tensor:
-        """The sum of ``values`` over the ranks."""
-        ...
-
-    def exchange(
-        self, sends: Sequence[tuple[int, Tensor]], receives: Sequence[tuple[int, Tensor]]
-    ) -> None:
-        """Point to point: send each ``(peer, tensor)`` of ``sends`` and fill each buffer of
-        ``receives`` from its peer (every rank posts the matching pairs). Two messages between
-        the same two ranks must arrive in the order they were posted (as NCCL and Gloo do)."""
-        ...
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Which blocks of S rank ``rank`` of ``world`` forms (see the module docstring).
-
-    Column-rank offsets t = 1..W-1 (the block of columns of rank ``(rank + t) mod W``):
-    ``computed`` whole here, ``received`` (their G block comes from that rank), and for even W
-    the ``half`` offset W/2, whose block is split with that rank (``upper`` = rank < W/2).
-    """
-
-    world: int
-    rank: int
-
-    @property
-    def full(self) -> int:
-        """K = (W - 1) // 2: whole blocks formed by every rank besides its own."""
-        return (self.world - 1) // 2
-
-    @property
-    def has_half(self) -> bool:
-        return self.world % 2 == 0
-
-    @property
-    def half(self) -> int:
-        """The half offset W/2 (meaningful for even W)."""
-        return self.world // 2
-
-    @property
-    def upper(self) -> bool:
-        """This rank forms the upper share of its half block (rank < W/2)."""
-        return self.rank < self.world // 2
-
-    @property
-    def computed(self) -> range:
-        return range(1, self.full + 1)
-
-    @property
-    def received(self) -> range:
-        return range(self.world - self.full, self.world)
-
-    def peer(self, offset: int) -> int:
-        """The rank whose rows are the columns at ``offset``."""
-        return (self.rank + offset) % self.world
-
-
 #: (rows of this rank, G piece, column rank, its rows): one piece of this rank's band of G
 Piece = tuple[slice, Tensor, int, slice]
-ALL = slice(None)
 
 
 def _row_views(rows: int, n: int, device: torch.device, start: int = 0) -> Tensor:
@@ -189,12 +115,6 @@ def cross_terms(
     if not need_grad:
         return red, None
     return red, log_t.mul_(rho).div_(t).mul_(weight).neg_()
-
-
-def half_split(p_local: int) -> int:
-    """h: the upper rank of a half block forms its rows x the partner's rows [0, h), the lower
-    rank its rows [h, P_local) x all of the upper rank's rows."""
-    return p_local // 2
 
 
 def redundancy_share(
@@ -219,14 +139,7 @@ def redundancy_share(
     red, g_own = redundancy_blocks(zh, eps, need_grad)
     pieces: list[Piece] = [(ALL, g_own, schedule.rank, ALL)] if g_own is not None else []
     sends: list[tuple[int, Tensor]] = []
-    blocks = [(t, ALL, ALL) for t in schedule.computed]
-    if schedule.has_half:
-        h = half_split(p_local)
-        if schedule.upper:
-            blocks.append((schedule.half, ALL, slice(0, h)))
-        else:
-            blocks.append((schedule.half, slice(h, p_local), ALL))
-    for t, rows, cols in blocks:
+    for t, rows, cols in schedule.formed_blocks(p_local):
         peer = schedule.peer(t)
         red_block, g = cross_terms(
             own[rows], views[rows], zh_all[peer][cols], views[cols], eps, need_grad
@@ -245,16 +158,7 @@ def receive_buffers(
     and the ``(peer, buffer)`` receives that fill them."""
     pieces: list[Piece] = []
     receives: list[tuple[int, Tensor]] = []
-    blocks = [(t, ALL, ALL) for t in schedule.received]
-    if schedule.has_half:
-        h = half_split(p_local)
-        # the partner's share: the lower rank formed its rows [h, P) x all of ours; the upper
-        # rank formed all its rows x our rows [0, h)
-        if schedule.upper:
-            blocks.append((schedule.half, ALL, slice(h, p_local)))
-        else:
-            blocks.append((schedule.half, slice(0, h), ALL))
-    for t, rows, cols in blocks:
+    for t, rows, cols in schedule.received_blocks(p_local):
         peer = schedule.peer(t)
         count_rows = len(range(p_local)[rows])
         count_cols = len(range(p_local)[cols])
@@ -333,10 +237,8 @@ class _ShardedSMIFunction(torch.autograd.Function):
         ctx.input_dtype = views[0].dtype
         if need_grad:
             ctx.pieces = [(rows, peer, cols) for rows, _, peer, cols in pieces]
-            ctx.save_for_backward(
-                zh.view(p_local, d), s.view(p_local), projected.view(p_local), zh_all, align_grad,
-                *(g for _, g, _, _ in pieces),
-            )  # fmt: skip
+            rows = (zh.view(p_local, d), s.view(p_local), projected.view(p_local))
+            ctx.save_for_backward(*rows, zh_all, align_grad, *(g for _, g, _, _ in pieces))
         return out
 
     @staticmethod
@@ -348,8 +250,9 @@ class _ShardedSMIFunction(torch.autograd.Function):
         if ctx.backend == "triton":
             from smi_kernels._triton import sharded as triton_sharded
 
-            dz = triton_sharded.backward(total, ctx.saved_tensors, ctx.plan, ctx.lambda_param,
-                                         ctx.eps, ctx.comm.rank)  # fmt: skip
+            dz = triton_sharded.backward(
+                total, ctx.saved_tensors, ctx.plan, ctx.lambda_param, ctx.eps, ctx.comm.rank
+            )
         else:
             with autocast_disabled(grad_out.device.type):
                 dz = _ShardedSMIFunction._backward(ctx, total, v_count)
@@ -396,8 +299,6 @@ def smi_sharded(
         >>> loss = smi_loss(z_a, z_b, gather_distributed="sharded")  # doctest: +SKIP
     """
     if comm is None:
-        from smi_kernels import distributed
-
         distributed.require_process_group(MODE)
         if torch.distributed.get_world_size() == 1:
             if backend == "triton":

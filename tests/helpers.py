@@ -8,6 +8,7 @@ error ``||out - ref|| / ||ref||`` against a float64 evaluation of the loss on th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 import pytest
 import torch
@@ -69,9 +70,18 @@ BACKENDS = ["torch", pytest.param("triton", marks=needs_triton)]
 
 
 def relative_error(out: Tensor, ref: Tensor) -> float:
-    """``||out - ref|| / ||ref||`` in float64; a non-finite ``out`` fails (NaN never passes)."""
-    assert torch.isfinite(out).all(), "non-finite output"
-    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-300))
+    """``||out - ref|| / ||ref||`` in float64, on ``ref``'s device; ``out`` of another shape or
+    with a non-finite entry fails (NaN never passes)."""
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    assert torch.isfinite(out).all(), f"non-finite output: {out}"
+    ref = ref.detach().double()
+    out = out.detach().to(device=ref.device, dtype=torch.float64)
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> Tensor:
+    """A standard-normal tensor on the CPU, drawn in float32 from ``seed``."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
 def make_views(
@@ -91,6 +101,27 @@ def make_views(
         .requires_grad_(requires_grad)
         for _ in range(v)
     ]
+
+
+def smi_loss_terms(*views: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
+    """``(L_align, L_red)`` of the views by the reference, ``smi_kernels.reference``."""
+    out = reference.smi_loss_with_terms(*views, eps=eps)
+    return out.alignment, out.redundancy
+
+
+def join_gloo(store: str, rank: int, world: int, timeout_s: float) -> None:
+    """Join a gloo process group of ``world`` ranks through the file ``store`` (one thread a
+    rank: the workers of a test share the machine)."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=timeout_s),
+    )
 
 
 def reference_terms_and_grads(

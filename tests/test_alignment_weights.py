@@ -15,10 +15,10 @@ import itertools
 
 import pytest
 import torch
-from helpers import BACKENDS, DEVICE, EPS, LAMBDA, TOLERANCE, relative_error
+from helpers import BACKENDS, DEVICE, EPS, LAMBDA, TOLERANCE, relative_error, smi_loss_terms
 
-from reference.smi import smi_loss_terms, standardize
 from smi_kernels import smi_loss_with_terms
+from smi_kernels.reference import standardize
 
 NOISE = (0.2, 0.5, 1.0, 2.0)
 #: incoming gradients of (L, L_align, L_red)

@@ -3,25 +3,21 @@
 Under autocast the loss behaves like ``torch.matmul``: float32 views are computed in the autocast
 dtype, the loss comes back as a float32 scalar and the gradients of float32 leaves as float32.
 Half inputs (bfloat16/float16) without autocast give a float32 loss and gradients in the input
-dtype. Tolerance (SPEC section 6): 2e-2 relative against float32/float64.
+dtype. Tolerance (docs/design.md, section 6): 2e-2 relative against float32/float64.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import BACKENDS, needs_gpu, relative_error
 from torch import nn
 
-import reference.smi as ref
 from smi_kernels import SMILoss, smi_loss
+from smi_kernels import reference as ref
 
 AMP_RTOL = 2e-2
 N, D, IN_DIM = 32, 64, 48
-
-
-def rel(out: torch.Tensor, expected: torch.Tensor) -> float:
-    out, expected = out.detach().double(), expected.detach().double()
-    return float((out - expected).norm() / expected.norm())
 
 
 def views(device: str = "cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,8 +56,8 @@ def check_autocast_leaves(device: str, amp_dtype: torch.dtype, backend: str) -> 
     for grad, want in zip(grads, expected_grads, strict=True):
         assert grad.dtype == torch.float32
         assert torch.isfinite(grad).all()
-        assert rel(grad, want) < AMP_RTOL
-    assert rel(out.loss, expected) < AMP_RTOL
+        assert relative_error(grad, want) < AMP_RTOL
+    assert relative_error(out.loss, expected) < AMP_RTOL
     # the computation really ran in the low precision: not bitwise the float32 result
     assert not torch.equal(out.loss.detach(), expected.detach())
 
@@ -80,10 +76,10 @@ def check_autocast_encoder(device: str, amp_dtype: torch.dtype, backend: str) ->
     assert loss.dtype == torch.float32
     assert loss.shape == ()
     grads = torch.autograd.grad(loss, params)
-    assert rel(loss, expected) < AMP_RTOL
+    assert relative_error(loss, expected) < AMP_RTOL
     for grad, want in zip(grads, expected_grads, strict=True):
         assert grad.dtype == torch.float32
-        assert rel(grad, want) < AMP_RTOL
+        assert relative_error(grad, want) < AMP_RTOL
 
 
 def check_half_inputs(device: str, dtype: torch.dtype, backend: str) -> None:
@@ -100,9 +96,9 @@ def check_half_inputs(device: str, dtype: torch.dtype, backend: str) -> None:
     b64 = b.detach().double().requires_grad_()
     expected = ref.smi_loss(a64, b64)
     expected.backward()
-    assert rel(loss, expected) < AMP_RTOL
-    assert rel(a.grad, a64.grad) < AMP_RTOL
-    assert rel(b.grad, b64.grad) < AMP_RTOL
+    assert relative_error(loss, expected) < AMP_RTOL
+    assert relative_error(a.grad, a64.grad) < AMP_RTOL
+    assert relative_error(b.grad, b64.grad) < AMP_RTOL
 
 
 def test_cpu_autocast_bf16_float32_leaves():
@@ -118,7 +114,7 @@ def test_cpu_autocast_keeps_float64():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = smi_loss(z_a.double(), z_b.double())
     assert loss.dtype == torch.float64
-    assert rel(loss, ref.smi_loss(z_a.double(), z_b.double())) < 1e-12
+    assert relative_error(loss, ref.smi_loss(z_a.double(), z_b.double())) < 1e-12
 
 
 def test_cpu_autocast_error_comes_from_the_encoder_not_the_loss():
@@ -131,9 +127,9 @@ def test_cpu_autocast_error_comes_from_the_encoder_not_the_loss():
     grads = torch.autograd.grad(loss, params, retain_graph=True)
     expected = ref.smi_loss(z_a.double(), z_b.double())
     expected_grads = torch.autograd.grad(expected, params)
-    assert rel(loss, expected) < 1e-3
+    assert relative_error(loss, expected) < 1e-3
     for grad, want in zip(grads, expected_grads, strict=True):
-        assert rel(grad, want) < 5e-3
+        assert relative_error(grad, want) < 5e-3
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -141,30 +137,29 @@ def test_cpu_half_inputs_without_autocast(dtype):
     check_half_inputs("cpu", dtype, "torch")
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-BACKENDS = ["torch", "triton"]
 AMP_DTYPES = [torch.bfloat16, torch.float16]
 
 
-@pytest.mark.gpu
-@cuda
-@pytest.mark.parametrize("backend", BACKENDS)
+def on_gpu(test):
+    """A GPU test, over both backends."""
+    for mark in (pytest.mark.parametrize("backend", BACKENDS), needs_gpu, pytest.mark.gpu):
+        test = mark(test)
+    return test
+
+
+@on_gpu
 @pytest.mark.parametrize("amp_dtype", AMP_DTYPES)
 def test_cuda_autocast_float32_leaves(backend, amp_dtype):
     check_autocast_leaves("cuda", amp_dtype, backend)
 
 
-@pytest.mark.gpu
-@cuda
-@pytest.mark.parametrize("backend", BACKENDS)
+@on_gpu
 @pytest.mark.parametrize("amp_dtype", AMP_DTYPES)
 def test_cuda_autocast_through_linear_encoder(backend, amp_dtype):
     check_autocast_encoder("cuda", amp_dtype, backend)
 
 
-@pytest.mark.gpu
-@cuda
-@pytest.mark.parametrize("backend", BACKENDS)
+@on_gpu
 @pytest.mark.parametrize("dtype", AMP_DTYPES)
 def test_cuda_half_inputs_without_autocast(backend, dtype):
     check_half_inputs("cuda", dtype, backend)

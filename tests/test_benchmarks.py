@@ -1,8 +1,8 @@
 """The benchmark scripts and the baselines they compare SMI with (CPU, fast).
 
-fvcore's counts on the traced graphs against SPEC section 4's formulas; the paper's Table 2 at
-its own setting; the JSON the scripts write; the reference baselines against independent
-re-implementations and values known in closed form.
+fvcore's counts on the traced graphs against the formulas of docs/design.md, section 4; the
+paper's Table 2 at its own setting; the JSON the scripts write; the reference baselines against
+independent re-implementations and values known in closed form.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_cost_model_formulas() -> None:
         cost_model.fused_forward_macs(0, d)
 
 
-# --- fvcore on the real graphs against SPEC section 4 --------------------------------------
+# --- fvcore on the real graphs against docs/design.md, section 4 ------------------------
 
 
 @pytest.mark.parametrize(("n", "d"), SHAPES)
@@ -280,7 +280,7 @@ def test_speed_rejects_a_noisy_run(
         passes.append(1)
         return _fake_timer([1e-3, 1e-3, 1e-3, 5e-3, 9e-3, 9e-3, 9e-3])(steps, min_run_time)
 
-    monkeypatch.setattr(bench_speed, "time_cpu_interleaved", noisy)
+    monkeypatch.setattr(bench_speed.harness, "time_cpu_interleaved", noisy)
     argv = [
         "--device", "cpu", "--n", "8", "--d", "16", "--losses", "smi_torch", "smi_reference",
         "--retries", "2", "--max-load", "1000", "--out-dir", str(tmp_path),
@@ -298,7 +298,9 @@ def test_speed_rejects_a_noisy_run(
 def test_speed_accepts_a_steady_run_and_checks_theload_benchmark(
     bench_speed: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bench_speed, "time_cpu_interleaved", _fake_timer([1e-3] * 6 + [1.05e-3]))
+    monkeypatch.setattr(
+        bench_speed.harness, "time_cpu_interleaved", _fake_timer([1e-3] * 6 + [1.05e-3])
+    )
     argv = [
         "--device", "cpu", "--n", "8", "--d", "16", "--losses", "smi_torch", "smi_reference",
         "--out-dir", str(tmp_path),
@@ -341,7 +343,8 @@ def test_speed_records_failures(bench_speed: ModuleType) -> None:
         if len(calls) > 2:
             raise RuntimeError("CUDA out of memory (simulated)")
 
-    times = bench_speed.time_cpu_interleaved({"late": fails_later, "fine": lambda: None}, 0.0)
+    timer = bench_speed.harness.time_cpu_interleaved
+    times = timer({"late": fails_later, "fine": lambda: None}, 0.0)
     assert len(times["late"]) == 2 and len(times["fine"]) == 5
     assert isinstance(times["late:error"][0], RuntimeError)
 

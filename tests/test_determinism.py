@@ -20,31 +20,16 @@ import textwrap
 
 import pytest
 import torch
+from helpers import BACKENDS, CUDA, DTYPES
 
 from smi_kernels import smi_loss_with_terms
 
-
-def triton_importable() -> bool:
-    try:
-        import smi_kernels._triton.op  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-TRITON = triton_importable()
-CUDA = torch.cuda.is_available()
-needs_triton = pytest.mark.skipif(
-    not TRITON, reason="the Triton path (smi_kernels._triton.op) does not import"
-)
-BACKENDS = ["torch", pytest.param("triton", marks=needs_triton)]
-DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 #: (V, N, D) per backend: the interpreter is slow, so its problem is small but spans several
 #: tiles of the Gram (BLOCK 16) and several feature chunks
 SHAPES = {"torch": (3, 48, 96), "triton": (3, 11, 40)}
 
 
-def make_views(shape, dtype, seed, device="cpu") -> list[torch.Tensor]:
+def offset_views(shape, dtype, seed, device="cpu") -> list[torch.Tensor]:
     """Views with a common offset and a near-duplicate pair: the numerically busy paths."""
     v, n, d = shape
     gen = torch.Generator().manual_seed(seed)
@@ -71,7 +56,7 @@ def compute(views, backend: str) -> bytes:
 
 
 def repeated(backend: str, dtype: torch.dtype, calls: int, shape=None, device="cpu") -> None:
-    views = make_views(shape or SHAPES[backend], dtype, seed=1234, device=device)
+    views = offset_views(shape or SHAPES[backend], dtype, seed=1234, device=device)
     first = compute(views, backend)
     for call in range(1, calls):
         again = compute(views, backend)
@@ -86,7 +71,7 @@ def test_twenty_calls_bitwise_identical(backend: str, dtype: torch.dtype) -> Non
 
 def test_fingerprint_sees_a_one_ulp_change() -> None:
     """The comparison is of bits: one ulp in one gradient entry changes the fingerprint."""
-    views = make_views(SHAPES["torch"], torch.float32, seed=1234)
+    views = offset_views(SHAPES["torch"], torch.float32, seed=1234)
     out = smi_loss_with_terms(*views, backend="torch")
     grads = [g.clone() for g in torch.autograd.grad(out.loss, views)]
     before = fingerprint([out.loss], grads)
@@ -98,13 +83,13 @@ CHILD = textwrap.dedent(
     """
     import hashlib, json, sys
     import torch
-    sys.path.insert(0, sys.argv[2])
-    from tests.test_determinism import DTYPES, SHAPES, compute, make_views
+    sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests"]
+    from tests.test_determinism import DTYPES, SHAPES, compute, offset_views
 
     backend = sys.argv[1]
     digests = {}
     for dtype in DTYPES:
-        views = make_views(SHAPES[backend], dtype, seed=1234)
+        views = offset_views(SHAPES[backend], dtype, seed=1234)
         digests[str(dtype)] = hashlib.sha256(compute(views, backend)).hexdigest()
     print(json.dumps(digests))
     """

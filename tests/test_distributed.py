@@ -17,22 +17,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import EPS, LAMBDA, join_gloo, smi_loss_terms
+from helpers import relative_error as rel
 from torch import nn
 
-import reference.smi as ref
 from smi_kernels import SMILoss, smi_loss
+from smi_kernels import reference as ref
 
 WORLD = 2
 N_LOCAL = 6
 IN_DIM = 10
 OUT_DIM = 12
-LAMBDA = 5e-3
-EPS = 1e-4
 TIMEOUT_S = 90
 RTOL = 1e-9
 
@@ -79,14 +78,7 @@ def worker(rank: int, store: str, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{store}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=60),
-    )
+    join_gloo(store, rank, WORLD, timeout_s=60)
     try:
         x_a, x_b, z_a, z_b = global_batch()
         x_a, x_b = local_rows(x_a, rank), local_rows(x_b, rank)
@@ -161,10 +153,6 @@ def ranks(tmp_path_factory) -> list[dict]:
     return [torch.load(tmp / f"r{rank}.pt") for rank in range(WORLD)]
 
 
-def rel(out: torch.Tensor, ref_: torch.Tensor) -> float:
-    return float((out - ref_).norm() / ref_.norm())
-
-
 def test_default_mode_is_the_local_loss(ranks):
     _, _, z_a, z_b = global_batch()
     for rank, res in enumerate(ranks):
@@ -182,7 +170,7 @@ def test_default_mode_is_the_local_loss(ranks):
 def test_gathered_loss_is_the_global_loss(ranks):
     _, _, z_a, z_b = global_batch()
     za, zb = z_a.clone().requires_grad_(), z_b.clone().requires_grad_()
-    align, red = ref.smi_loss_terms(za, zb, eps=EPS)
+    align, red = smi_loss_terms(za, zb, eps=EPS)
     expected = align + LAMBDA * red
     expected.backward()
     for rank, res in enumerate(ranks):

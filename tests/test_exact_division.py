@@ -4,7 +4,7 @@ On the GPU float32 ``/`` compiles to ``div.full.f32`` (about 2 ulp; a division b
 may become a ``div.approx`` reciprocal), and under the interpreter it is numpy's correctly
 rounded division: a plain ``/`` where the numerics need an exact quotient passes every CPU test
 that runs the kernels. So ``standardize_kernel`` is compiled here, without a GPU, as the op
-launches it (``benchmarks/kernel_report.py``), in float32, in its single-pass form (V = 2,
+launches it (``tools/kernel_report.py``), in float32, in its single-pass form (V = 2,
 D = 1000) and its chunked form (V = 2, D = 9000), and its PTX is read.
 
 ``exact_div`` (standardize.py) names the divisions that must be correctly rounded: by the row's
@@ -33,7 +33,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 #: the folder of kernel_report.py
-REPORT_DIR = REPO / "benchmarks"
+REPORT_DIR = REPO / "tools"
 
 SCRIPT = """
 import json, sys

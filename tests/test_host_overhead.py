@@ -1,7 +1,7 @@
 """What one Triton-path step does on the host, pinned so that overhead cannot creep back.
 
 The CUDA host path runs on CPU tensors with the plan of an H100 and the launches replaced by
-recorders (``benchmarks/host_overhead.py``). After the first step of a shape, a forward +
+recorders (``tools/host_overhead.py``). After the first step of a shape, a forward +
 backward must make exactly its launches and three allocations, and call nothing device-wide:
 no memory statistics, no device properties, no synchronisation, no copy of the views.
 """
@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("triton")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import host_overhead
 
@@ -52,7 +52,7 @@ def counted(monkeypatch):
 
     for name in DEVICE_WIDE:
         monkeypatch.setattr(torch.cuda, name, counting(name))
-    monkeypatch.setattr(op, "_allocate", counting("allocate", op._allocate))
+    monkeypatch.setattr(op, "allocate", counting("allocate", op.allocate))
     monkeypatch.setattr(torch, "stack", counting("stack", torch.stack))
     return counts
 

@@ -4,8 +4,8 @@ Non-finite values, magnitudes at the ends of each dtype's range, empty and degen
 strided / transposed / overlapping views of bigger buffers, mixed ``requires_grad``, mixed
 devices, non-leaf inputs, repeated backward and ``torch.no_grad``.
 
-The float64 reference (reference/smi.py) is evaluated on the inputs upcast to float64, shifted by
-each row's first entry and scaled by an exact power of two: the loss is invariant under both, and
+The float64 reference (smi_kernels.reference) is evaluated on the inputs upcast to float64, shifted
+by each row's first entry and scaled by an exact power of two: the loss is invariant under both, and
 both are exact in float64 for upcast values, while the reference's one-pass centring and plain
 ``vector_norm`` would otherwise lose its own accuracy (or overflow, at 1e300) on inputs this
 hostile. Gradients are mapped back by the same power of two.
@@ -17,40 +17,13 @@ import math
 
 import pytest
 import torch
+from helpers import BACKENDS, EPS, LAMBDA, TOLERANCE, smi_loss_terms
 from torch import nn
 
-from reference.smi import smi_loss_terms
 from smi_kernels import smi_loss, smi_loss_with_terms
 
 
-def triton_importable() -> bool:
-    try:
-        import smi_kernels._triton.op  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-TRITON = triton_importable()
-BACKENDS = [
-    "torch",
-    pytest.param(
-        "triton",
-        marks=pytest.mark.skipif(
-            not TRITON, reason="the Triton path (smi_kernels._triton.op) does not import"
-        ),
-    ),
-]
-LAMBDA, EPS = 5e-3, 1e-4
-TOLERANCE = {
-    torch.float64: 1e-10,
-    torch.float32: 1e-4,
-    torch.bfloat16: 2e-2,
-    torch.float16: 2e-2,
-}
-
-
-def make_views(v, n, d, dtype, seed, scale=1.0, requires_grad=True) -> list[torch.Tensor]:
+def correlated_views(v, n, d, dtype, seed, scale=1.0, requires_grad=True) -> list[torch.Tensor]:
     """Views with correlated positives, entries in [-scale, scale]."""
     gen = torch.Generator().manual_seed(seed)
     base = torch.randn(n, d, generator=gen, dtype=torch.float64)
@@ -63,7 +36,7 @@ def make_views(v, n, d, dtype, seed, scale=1.0, requires_grad=True) -> list[torc
 
 
 def reference(views: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
-    """Loss and gradients of reference/smi.py in float64, on rows shifted by their first entry
+    """Loss and gradients of the reference in float64, on rows shifted by their first entry
     and, where a row's spread is well above the 1e-12 floor of s (below it the loss is not scale
     invariant), scaled by a power of two to magnitude ~1. Both are exact for upcast values."""
     exact, powers = [], []
@@ -115,7 +88,7 @@ def test_non_finite_input(backend: str, dtype: torch.dtype, value: float) -> Non
     """A NaN or an infinity anywhere gives a NaN loss (never a finite one); with
     ``check_finite=True`` a ValueError naming the view instead."""
     for where in [(0, 1, 3), (2, 5, 0)]:
-        views = make_views(3, 6, 10, dtype, seed=1)
+        views = correlated_views(3, 6, 10, dtype, seed=1)
         k, i, j = where
         with torch.no_grad():
             views[k][i, j] = value
@@ -126,7 +99,7 @@ def test_non_finite_input(backend: str, dtype: torch.dtype, value: float) -> Non
 
 
 def test_check_finite_passes_finite_input() -> None:
-    views = make_views(2, 5, 8, torch.float32, seed=2)
+    views = correlated_views(2, 5, 8, torch.float32, seed=2)
     assert torch.equal(
         smi_loss(*views, backend="torch", check_finite=True), smi_loss(*views, backend="torch")
     )
@@ -173,9 +146,9 @@ def test_near_dtype_max(request, backend: str, dtype: torch.dtype, scale: float)
         request.applymarker(TRITON_BF16_SUBNORMAL)
     if dtype == torch.float32 and scale > 1e38:
         request.applymarker(S_OVERFLOW)
-    views = make_views(2, 12, 24, dtype, seed=3, scale=scale)
+    views = correlated_views(2, 12, 24, dtype, seed=3, scale=scale)
     check_against_reference(views, backend)
-    mixed = make_views(2, 12, 24, dtype, seed=4, scale=scale)
+    mixed = correlated_views(2, 12, 24, dtype, seed=4, scale=scale)
     with torch.no_grad():
         for view in mixed:
             view[::2] /= scale  # every other row at scale 1
@@ -199,11 +172,11 @@ def test_subnormal_rows(backend: str, dtype: torch.dtype, scale: float) -> None:
     Rows below the 1e-12 floor of s are near-constant by definition (zh = c / 1e-12), so the
     loss matches the reference. Float16 rows at 1e-6 are above the floor: their exact gradient
     is ~1/s ~ 1e5, beyond float16's 6.5e4, so there only entries that fit must be finite."""
-    views = make_views(2, 8, 16, dtype, seed=5, scale=1.0)
+    views = correlated_views(2, 8, 16, dtype, seed=5, scale=1.0)
     with torch.no_grad():
         views[0][1::3] *= scale
         views[1][2] *= scale
-    all_tiny = make_views(2, 8, 16, dtype, seed=6, scale=scale)
+    all_tiny = correlated_views(2, 8, 16, dtype, seed=6, scale=scale)
     for case in (views, all_tiny):
         loss = smi_loss(*case, backend=backend)
         grads = torch.autograd.grad(loss, case)
@@ -315,7 +288,7 @@ def test_strided_views_of_a_bigger_buffer(backend: str, layout: str) -> None:
 )
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mixed_requires_grad(backend: str, flags) -> None:
-    views = make_views(len(flags), 7, 12, torch.float32, seed=8)
+    views = correlated_views(len(flags), 7, 12, torch.float32, seed=8)
     views = [view.detach().requires_grad_(flag) for view, flag in zip(views, flags, strict=True)]
     loss = smi_loss(*views, lambda_param=LAMBDA, eps=EPS, backend=backend)
     loss.backward()
@@ -329,7 +302,7 @@ def test_mixed_requires_grad(backend: str, flags) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_view_requires_grad(backend: str) -> None:
-    views = make_views(2, 7, 12, torch.float32, seed=8, requires_grad=False)
+    views = correlated_views(2, 7, 12, torch.float32, seed=8, requires_grad=False)
     loss = smi_loss(*views, backend=backend)
     assert not loss.requires_grad and loss.grad_fn is None
 
@@ -373,7 +346,7 @@ def test_non_leaf_inputs(backend: str) -> None:
 def test_repeated_backward_with_retain_graph(backend: str) -> None:
     """backward(retain_graph=True) twice gives bitwise the same gradients; after a backward
     that frees the graph, another one raises instead of reading freed buffers."""
-    views = make_views(3, 7, 12, torch.float32, seed=10)
+    views = correlated_views(3, 7, 12, torch.float32, seed=10)
     loss = smi_loss(*views, backend=backend)
     loss.backward(retain_graph=True)
     first = [view.grad.clone() for view in views]
@@ -409,7 +382,7 @@ def test_no_grad_saves_nothing(backend: str, mode) -> None:
     enabled the same call saves G (at least P^2 / 2 entries) — the hook does see saves."""
     v, n, d = 2, 10, 16
     p = v * n
-    views = make_views(v, n, d, torch.float32, seed=11)
+    views = correlated_views(v, n, d, torch.float32, seed=11)
     loss, packed = _packed_under(mode, views, backend)
     assert loss.grad_fn is None and not loss.requires_grad
     assert packed == [], [tuple(t.shape) for t in packed]

@@ -1,6 +1,6 @@
 """The Triton kernels compiled for sm_90 and sm_80 on this CPU-only machine (no driver needed).
 
-A representative subset of ``benchmarks/kernel_report.py`` (the full matrix is its committed
+A representative subset of ``tools/kernel_report.py`` (the full matrix is its committed
 output under ``benchmarks/results/compile/``): the default configs of the Gram kernels, at the
 paper's per-GPU batch (P = 512, split K) and at P = 4096, in bfloat16, TF32 and IEEE float32,
 plus every autotune candidate of the bfloat16 P = 4096 row on sm_90, and the sharded mode's
@@ -50,7 +50,7 @@ def rows() -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT.format(bench=str(REPO / "benchmarks"))],
+        [sys.executable, "-c", SCRIPT.format(bench=str(REPO / "tools"))],
         capture_output=True,
         text=True,
         env=env,
@@ -137,7 +137,7 @@ def test_a_toolchain_it_cannot_drive_is_refused_in_one_line(tmp_path: Path) -> N
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    script = REFUSAL.format(bench=str(REPO / "benchmarks"), out=str(tmp_path))
+    script = REFUSAL.format(bench=str(REPO / "tools"), out=str(tmp_path))
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
     )

@@ -17,20 +17,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import randn
 
 import smi_kernels.reference as packaged
-from reference.smi import smi_loss as reference_loss
+from reference import smi_loss as reference_loss
 from smi_kernels import SMILoss, memory, smi_loss, smi_loss_with_terms
 
 ROOT = Path(__file__).resolve().parent.parent
 F64 = torch.float64
 
 
-def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
-
-
-# -- 11: views packed into one argument ---------------------------------------------------------
+# -- views packed into one argument ----------------------------------------------------------------
 
 APIS = {
     "smi_loss": smi_loss,
@@ -66,7 +63,7 @@ def test_one_plain_view_gets_no_packing_hint() -> None:
         smi_loss(randn(4, 6))
 
 
-# -- 12: double backward points to something the wheel ships ----------------------------------
+# -- double backward points to something the wheel ships -------------------------------------------
 
 
 def test_double_backward_message_names_a_shipped_function() -> None:
@@ -109,7 +106,7 @@ def test_packaged_reference_validates_like_the_package() -> None:
         packaged.smi_loss(randn(4, 6), randn(5, 6))
 
 
-# -- 13: TRITON_INTERPRET set after triton was imported -----------------------------------------
+# -- TRITON_INTERPRET set after triton was imported ------------------------------------------------
 
 LATE_INTERPRETER = """
 import os, sys
@@ -154,7 +151,7 @@ def test_interpreter_set_before_import_is_not_flagged() -> None:
     assert not loss_module.interpreter_set_too_late()
 
 
-# -- 14: the PyTorch path refuses what cannot fit, before allocating ----------------------------
+# -- the PyTorch path refuses what cannot fit, before allocating -----------------------------------
 
 
 def test_small_requests_are_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,7 +176,7 @@ def test_cpu_available_bytes_is_known() -> None:
 def test_cpu_request_larger_than_memory_is_refused_before_allocating(
     monkeypatch: pytest.MonkeyPatch, need_grad: bool
 ) -> None:
-    # the issue's case: N = 40,000, D = 64 asked the allocator for 25.6 GB and died there.
+    # N = 40,000, D = 64: the PyTorch path would ask the allocator for 25.6 GB and die there.
     # Here the available memory is pretended to be 16 GiB; the views themselves are small
     # enough to build (2 x 40,000 x 64 float32 = 20 MB)
     monkeypatch.setattr(memory, "_host_available_bytes", lambda: 16 * 2**30)

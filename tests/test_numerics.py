@@ -1,9 +1,9 @@
 """Guards on the accuracy techniques and the standardisation, both backends, float32.
 
-Each test compares one backend with a float64 evaluation of reference/smi.py on the same inputs,
-built so that one technique or one standardisation step decides the result. Each threshold lies
-near the geometric mean of the error today and the error with the guard removed. Relative errors
-over the seeds used here, both backends (Triton under the interpreter, PyTorch on the CPU):
+Each test compares one backend with a float64 evaluation of smi_kernels.reference on the same
+inputs, built so that one technique or one standardisation step decides the result. Each threshold
+lies near the geometric mean of the error today and the error with the guard removed. Relative
+errors over the seeds used here, both backends (Triton under the interpreter, PyTorch on the CPU):
 
     guard                           checked                      today    limit  guard removed
     log1p(eps - rho^2), Gram        L_red                        1.4e-7   8e-6   1.4e-4
@@ -33,15 +33,12 @@ import math
 
 import pytest
 import torch
+from helpers import BACKENDS, DEVICE, LAMBDA, relative_error, smi_loss_terms
 from torch import Tensor
 
-from reference.smi import smi_loss_terms
 from smi_kernels import smi_loss_with_terms
 
 F64 = torch.float64
-LAMBDA = 5e-3
-BACKENDS = ["torch", "triton"]
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SEEDS = [0, 1, 2]
 # the interpreter standardises rows of up to 128 features (V = 2) in one pass over D and wider
 # rows in chunks, the means and the norm accumulated across chunks: both branches are tested
@@ -57,14 +54,6 @@ def ieee_float32():
     torch.set_float32_matmul_precision(previous)
 
 
-def relative_error(out: Tensor, ref: Tensor) -> float:
-    """``||out - ref|| / ||ref||``; fails on any non-finite entry of ``out``."""
-    assert torch.isfinite(out).all(), f"non-finite output: {out}"
-    out = out.detach().cpu().to(F64)
-    ref = ref.detach().to(F64)
-    return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
-
-
 def evaluate(views: list[Tensor], backend: str, eps: float):
     """``(loss, alignment, redundancy)`` of the backend, and the gradient of each, stacked
     (V, N, D), for float32 copies of the float64 ``views``."""
@@ -76,7 +65,7 @@ def evaluate(views: list[Tensor], backend: str, eps: float):
 
 
 def reference(views: list[Tensor], eps: float):
-    """As :func:`evaluate`, by reference/smi.py in float64 on the float32-rounded inputs."""
+    """As :func:`evaluate`, by the reference in float64 on the float32-rounded inputs."""
     rounded = [view.to(torch.float32).to(F64) for view in views]
     shifted = [(view - view[:, :1]).requires_grad_() for view in rounded]
     align, red = smi_loss_terms(*shifted, eps=eps)

@@ -19,7 +19,7 @@ Contracts, for every case and both backends:
     astronomical, e.g. D = 2 with eps = 1e-6, float32 rounding noise alone can pass it);
 (b) where the problem is well conditioned (``kappa_loss`` and ``kappa_grad`` below, both at most
     ``well_threshold(backend, dtype)``) and the exact gradient is representable in the input
-    dtype, the relative errors of the loss and of the gradients are within SPEC section 6:
+    dtype, the relative errors of the loss and of the gradients are within design.md section 6:
     float64 1e-10, float32 1e-4, bfloat16/float16 2e-2. The threshold is 100, except 20 for
     the Triton path on bfloat16 inputs: that path stores zh and G in bfloat16 (u = 2^-8), so its
     errors grow like u kappa with u 8x float16's; a long run found kappa_grad = 92 (lambda = 1,
@@ -28,7 +28,7 @@ Contracts, for every case and both backends:
 (c) every case, however ill-conditioned, is within the first-order error bound derived below.
 
 The bound of (c). The loss is ``L = sum_{p<q} f_pq(S_pq)`` over the entries of ``S = Z Z^T`` of
-the standardised rows (SPEC section 2), with ``G = f'`` and ``H = f''`` in S, every f >= 0. To
+the standardised rows (design.md §2), with ``G = f'`` and ``H = f''`` in S, every f >= 0. To
 first order a backend makes
 
 * an absolute error ``|dS_pq| <~ u_S n_p n_q`` in each entry, ``n_p = ||zh_p||`` (1, or less
@@ -87,12 +87,12 @@ The unit roundoffs depend on where each quantity lives:
 52,010 PyTorch-path cases of a ``long`` run is below 1 (loss 0.23, alignment 0.09, redundancy 0.23,
 gradient 0.41; the Triton path under 0.15 over 1,929 cases of a ``long`` run), so 4 leaves a
 margin; the module prints the largest ratios of every run. ``test_bound_is_informative`` checks
-that the bound is not vacuous: on generic float32 data it is under a fifth of the SPEC tolerance,
+that the bound is not vacuous: on generic float32 data it is under a fifth of the tolerance,
 and a systematic 2^-12 relative error in S breaks it. A row under the floor of s is where the bound
 bites hardest: its gradient is divided by s = 1e-12, so an error in ``rho`` that is absolute (u)
-instead of relative to ``n_p n_q`` is amplified 1e12 times (this caught the defect formula ``1 -
-rho = (||zh_a - zh_b||^2 + d_a + d_b) / 2`` for pairs with a constant row, fixed in both paths
-since: a constant row got a gradient of ~1e5 instead of 0, Inf in float16).
+instead of relative to ``n_p n_q`` is amplified 1e12 times (with the formula ``1 - rho =
+(||zh_a - zh_b||^2 + d_a + d_b) / 2`` for pairs with a constant row, such a row gets a gradient of
+~1e5 instead of 0, Inf in float16: both paths use the dot product there).
 
 Every CI run also runs the explicit cases in ``EXPLICIT`` (one scenario each). The
 well-conditioned test draws generic views (no duplicates, views of noise 1 .. 3, D >= 16, no
@@ -100,13 +100,13 @@ constant or tiny rows, offsets within the dtype's precision of the smallest row 
 every dtype, scale and row-scale spread, and skips the rare draw whose kappa still exceeds the
 threshold of (b).
 
-Reference: reference/smi.py in float64 on the inputs upcast to float64 and shifted by each row's
-first entry. The loss is exactly invariant under row shifts, and the shift is exact in float64 for
-upcast 32- and 16-bit values (their difference fits in 53 bits); it removes the cancellation that
-the reference's one-pass centring would otherwise suffer at offsets like 1e6 (an error of 1e-10
-in the mean of a row of spread 1e-6 is a relative error of 1e-4 in the reference's zh). The
-gradient with respect to the shifted inputs equals the gradient with respect to the inputs (the
-row gradients of a shift-invariant function sum to zero).
+Reference: smi_kernels.reference in float64 on the inputs upcast to float64 and shifted by each
+row's first entry. The loss is exactly invariant under row shifts, and the shift is exact in float64
+for upcast 32- and 16-bit values (their difference fits in 53 bits); it removes the cancellation
+that the reference's one-pass centring would otherwise suffer at offsets like 1e6 (an error of 1e-10
+in the mean of a row of spread 1e-6 is a relative error of 1e-4 in the reference's zh). The gradient
+with respect to the shifted inputs equals the gradient with respect to the inputs (the row gradients
+of a shift-invariant function sum to zero).
 
 Profiles (``HYPOTHESIS_PROFILE``, default ``ci``): ``ci`` is derandomised (the same cases on
 every run, no example database) and sized for about 3 minutes on 2 CPU cores; ``long`` runs
@@ -126,12 +126,13 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from helpers import BACKENDS, DTYPES, TOLERANCE, smi_loss_terms
 from hypothesis import HealthCheck, Phase, assume, example, given, note, settings
 from hypothesis import strategies as st
 
-from reference.smi import smi_loss_terms, standardize
 from smi_kernels import smi_loss_with_terms
 from smi_kernels._math import float16_gradient_scale
+from smi_kernels.reference import standardize
 
 # ----------------------------------------------------------------------------- profiles
 
@@ -199,35 +200,8 @@ def _announce_profile(request: pytest.FixtureRequest):
         )
 
 
-# ----------------------------------------------------------------------------- backends
+# ----------------------------------------------------------------------------- bounds
 
-
-def triton_importable() -> bool:
-    try:
-        import smi_kernels._triton.op  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-TRITON = triton_importable()
-BACKENDS = [
-    "torch",
-    pytest.param(
-        "triton",
-        marks=pytest.mark.skipif(
-            not TRITON, reason="the Triton path (smi_kernels._triton.op) does not import"
-        ),
-    ),
-]
-
-TOLERANCE = {
-    torch.float64: 1e-10,
-    torch.float32: 1e-4,
-    torch.bfloat16: 2e-2,
-    torch.float16: 2e-2,
-}
-DTYPES = list(TOLERANCE)
 C_LOSS = 4.0
 C_GRAD = 4.0
 WELL_CONDITIONED = 100.0
@@ -523,7 +497,8 @@ def check_case(case: Case, backend: str, well_conditioned: bool = False) -> None
         f"above the bound {grad_bound:.3g}; kappa_grad {ref.kappa_grad:.3g}"
     )
 
-    # (b) the SPEC tolerances where the problem is well conditioned and the answer representable
+    # (b) the tolerances (design.md, section 6) where the problem is well conditioned and the
+    # answer representable
     tol = TOLERANCE[dtype]
     rounded = exact.to(dtype).double()
     representable = fits and relative(float((rounded - exact).norm()), ref.grad_norm) <= tol / 10
@@ -588,7 +563,7 @@ def test_contracts(backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_well_conditioned_within_spec(backend: str) -> None:
     """(b) on generic views under every dtype, scale, row-scale spread and offset: the condition
-    numbers stay below the threshold of (b) and the errors within the SPEC tolerances."""
+    numbers stay below the threshold of (b) and the errors within the tolerances."""
 
     @profile_settings(backend, 1)
     @given(case=cases(backend, well_conditioned=True))
@@ -599,7 +574,7 @@ def test_well_conditioned_within_spec(backend: str) -> None:
 
 
 def loss_from_gram(gram: torch.Tensor, n: int, lambda_param: float, eps: float) -> float:
-    """SPEC section 2: L = sum_{p<q} f_pq(S_pq) from the stacked Gram matrix, in float64."""
+    """design.md, section 2: L = sum_{p<q} f_pq(S_pq) from the stacked Gram matrix, in float64."""
     p = gram.shape[0]
     rho = gram.clamp(-1.0, 1.0)
     m = -0.5 * torch.log(1.0 - rho * rho + eps)
@@ -615,7 +590,7 @@ def loss_from_gram(gram: torch.Tensor, n: int, lambda_param: float, eps: float) 
 
 
 def test_bound_is_informative() -> None:
-    """(c) is not vacuous. On generic float32 data the bound is a small fraction of the SPEC
+    """(c) is not vacuous. On generic float32 data the bound is a small fraction of the
     tolerance; a loss computed from S rounded to float32 stays inside it, while a systematic
     relative bias of 2^-12 in S (what a kernel truncating its Gram operands to 12 bits would
     leave) falls outside it."""

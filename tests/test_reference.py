@@ -1,10 +1,10 @@
-"""The float64 reference (reference/smi.py) against values and gradients derived by hand.
+"""The float64 reference (smi_kernels.reference) against values and gradients derived by hand.
 
 Everything the other tests compare against rests on the reference, so it is checked here against
 numbers that do not come from it: closed forms for inputs whose correlations are known exactly
-(identical views, orthogonal rows, small integer rows), and the closed-form gradient of SPEC
-section 2 (the G table, ``dZ = G_sym Z``, then the row-standardisation backward), written out in
-this file independently of both the reference and the package.
+(identical views, orthogonal rows, small integer rows), and the closed-form gradient of
+docs/design.md, section 2 (the G table, ``dZ = G_sym Z``, then the row-standardisation backward),
+written out in this file independently of both the reference and the package.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import math
 
 import pytest
 import torch
+from helpers import EPS, LAMBDA, smi_loss_terms
 from torch import Tensor
 
-from reference.smi import smi_loss, smi_loss_terms, standardize
+from smi_kernels.reference import smi_loss, standardize
 
-EPS = 1e-4
-LAMBDA = 5e-3
 F64 = torch.float64
 
 
@@ -157,7 +156,7 @@ def test_many_views_sum_over_pairs(v: int) -> None:
     assert_close(red_p, float(red))
 
 
-# -- the closed form of SPEC section 2 --------------------------------------------------------
+# -- the closed form of docs/design.md, section 2 ---------------------------------------------
 
 
 def entry_classes(v: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -177,7 +176,7 @@ def entry_classes(v: int, n: int) -> tuple[Tensor, Tensor, Tensor]:
 def closed_form(
     views: list[Tensor], lambda_param: float, eps: float, self_weight: float = 2.0
 ) -> tuple[Tensor, list[Tensor]]:
-    """Loss and input gradients of SPEC section 2, by hand in float64 (no autograd).
+    """Loss and input gradients of docs/design.md, section 2, by hand in float64 (no autograd).
 
     ``self_weight`` is the factor of the same-view entries (2: each unordered pair appears twice
     in the self matrices); it is a parameter only so that a test can show a wrong one is seen.

@@ -9,22 +9,25 @@ With P = V N stacked rows, the budget is exactly what the hand-written backward 
     a (V(V-1)/2 x N)  dL_align / drho of each positive pair, compute dtype
 
 Nothing N x N other than G is kept (no copy of S, no per-block temporaries), nor the input views.
-The naive autograd graph of reference/smi.py keeps several N x N matrices per block, so it
+The naive autograd graph of smi_kernels.reference keeps several N x N matrices per block, so it
 must exceed the budget: a check that the hooks do see what a graph saves.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import helpers
 import pytest
 import torch
+from helpers import DTYPES
 from torch import Tensor
 
-from reference.smi import smi_loss as reference_loss
 from smi_kernels import smi_loss, smi_loss_with_terms
+from smi_kernels.reference import smi_loss as reference_loss
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,12 @@ def budget(v: int, n: int, d: int, dtype: torch.dtype) -> tuple[int, int]:
     return floats + p, floats * size + p  # the mask is one byte per row
 
 
-def make_views(v: int, n: int, d: int, dtype: torch.dtype, seed: int = 0) -> list[Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, d, generator=generator).to(dtype).requires_grad_() for _ in range(v)]
+#: views on the CPU (the PyTorch path is the one measured, whatever the machine)
+make_views = functools.partial(helpers.make_views, device="cpu")
 
 
 # D is neither N nor P, so the only saved tensor with two dimensions in {N, P} must be G
 SHAPES = [(2, 16, 5), (2, 24, 40), (3, 10, 7), (3, 9, 50), (4, 12, 3), (4, 8, 100)]
-DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda dtype: str(dtype).removeprefix("torch."))

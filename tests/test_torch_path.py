@@ -1,8 +1,8 @@
 """The PyTorch path (``backend="torch"``) against the float64 reference.
 
-Each case is compared with an independent float64 evaluation: reference/smi.py run with autograd
-on the same inputs cast to float64. Relative error ``||out - ref|| / ||ref||`` of the loss, of the
-two terms and of every input gradient, within SPEC section 6 (tighter for float32 here):
+Each case is compared with an independent float64 evaluation: smi_kernels.reference run with
+autograd on the same inputs cast to float64. Relative error ``||out - ref|| / ||ref||`` of the loss,
+of the two terms and of every input gradient, within design.md section 6 (tighter for float32 here):
 float64 1e-10, float32 1e-5, bfloat16/float16 2e-2.
 
 Shapes with D >= 16 are well conditioned for random data and take those tolerances as they are.
@@ -14,22 +14,23 @@ is +-1 and the exact gradient is 0): its gradients are compared with an absolute
 
 from __future__ import annotations
 
+import functools
 import math
 
 import helpers
 import pytest
 import torch
+from helpers import DTYPES, EPS, LAMBDA, relative_error, smi_loss_terms
+from helpers import reference_terms_and_grads as reference
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from reference.smi import smi_loss_terms
 from smi_kernels import SMILoss, smi_loss, smi_loss_with_terms
 
-LAMBDA, EPS = 5e-3, 1e-4
 F64 = torch.float64
-DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+#: the shared table, tighter for float32: this path evaluates every dtype in float32 or float64
+TOLERANCE = {**helpers.TOLERANCE, torch.float32: 1e-5}
 # float32 arithmetic: the path computes the 16-bit inputs in float32 too
 UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24}
 
@@ -42,38 +43,13 @@ def shape_id(shape: tuple[int, int, int]) -> str:
     return "V{}-N{}-D{}".format(*shape)
 
 
-def relative_error(out: Tensor, ref: Tensor) -> float:
-    """``||out - ref|| / ||ref||``; fails on any non-finite entry of ``out`` (NaN included)."""
-    assert out.shape == ref.shape, (out.shape, ref.shape)
-    assert torch.isfinite(out).all(), f"non-finite output: {out}"
-    ref = ref.detach().to(F64)
-    return float((out.detach().to(F64) - ref).norm() / ref.norm().clamp_min(1e-300))
-
-
 def assert_relative(out: Tensor, ref: Tensor, tol: float, what: str) -> None:
     error = relative_error(out, ref)
     assert error <= tol, f"{what}: relative error {error:.3e} > {tol:.1e}"
 
 
-def make_views(
-    v: int, n: int, d: int, dtype: torch.dtype, seed: int, requires_grad: bool = True
-) -> list[Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        torch.randn(n, d, generator=generator).to(dtype).requires_grad_(requires_grad)
-        for _ in range(v)
-    ]
-
-
-def reference(
-    views: list[Tensor], lambda_param: float = LAMBDA, eps: float = EPS
-) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
-    """Loss, alignment, redundancy and input gradients of the reference, in float64."""
-    exact = [view.detach().to(F64).requires_grad_() for view in views]
-    align, red = smi_loss_terms(*exact, eps=eps)
-    loss = align + lambda_param * red
-    grads = torch.autograd.grad(loss, exact)
-    return loss.detach(), align.detach(), red.detach(), grads
+#: views on the CPU, where this path is tested whatever the machine
+make_views = functools.partial(helpers.make_views, device="cpu")
 
 
 def reference_term_grads(views: list[Tensor], term: int) -> tuple[Tensor, ...]:
@@ -84,7 +60,7 @@ def reference_term_grads(views: list[Tensor], term: int) -> tuple[Tensor, ...]:
 def sensitivity(
     views: list[Tensor], lambda_param: float = LAMBDA, eps: float = EPS
 ) -> tuple[float, Tensor, Tensor]:
-    """``(kappa_loss, row_sensitivity, dz)`` of SMI at ``views``, float64, from SPEC section 2.
+    """``(kappa_loss, row_sensitivity, dz)`` of SMI at ``views``, float64, from design.md §2.
 
     With ``L = sum_{p<q} f_pq(S_pq)``, ``G = f'`` and ``H = f''`` in S, an error of about u in
     each S_pq moves L by ``u sum |G_pq|`` and the gradient of row p by ``u row_sensitivity_p``,
@@ -154,7 +130,7 @@ def test_matches_reference(shape: tuple[int, int, int], dtype: torch.dtype) -> N
     assert_relative(out.alignment, align_ref, tol, "alignment")
     # L_red sums m^2 ~ rho^4 / 4 over entries with small rho, and ``log(1 + eps - rho^2)``
     # rounds t = 1 + eps - rho^2 to a float32 ulp of 1 first: ~1e-5 relative error in float32
-    # (the loss weights it by lambda, so it stays under 1e-5). SPEC section 6 bound: 1e-4.
+    # (the loss weights it by lambda, so it stays under 1e-5). design.md, section 6, bound: 1e-4.
     red_tol = 1e-4 if dtype != F64 and tol < 1e-4 else tol
     assert_relative(out.redundancy, red_ref, red_tol, "redundancy")
     for k, (grad, grad_ref) in enumerate(zip(grads, grads_ref, strict=True)):
@@ -407,7 +383,7 @@ def test_double_backward_is_refused() -> None:
         torch.autograd.grad(total, a, create_graph=True)
 
 
-# -- float32 accuracy where cancellation used to cost it ----------------------------------------
+# -- float32 accuracy where plain formulas would cancel -----------------------------------------
 
 
 def test_redundancy_term_float32_within_1e5() -> None:

@@ -17,55 +17,35 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from helpers import interpreter_multiplies_float64, needs_float64_dot
+from helpers import (
+    CUDA,
+    DEVICE,
+    EPS,
+    LAMBDA,
+    TOLERANCE,
+    interpreter_multiplies_float64,
+    make_views,
+    needs_float64_dot,
+    needs_gpu,
+    reference_terms_and_grads,
+    relative_error,
+    smi_loss_terms,
+)
 
 import smi_kernels._triton.op as op
-from reference.smi import smi_loss_terms
 from smi_kernels import smi_loss, smi_loss_with_terms
 from smi_kernels._triton import configs
 from smi_kernels._triton.gram import packed_tile_index, triangle_tile
 from smi_kernels._triton.op import segments
 from smi_kernels._triton.plan import INTERPRETER_SMS, make_plan
 
-LAMBDA, EPS = 5e-3, 1e-4
-TOLERANCE = {
-    torch.float64: 1e-10,
-    torch.float32: 1e-4,
-    torch.bfloat16: 2e-2,
-    torch.float16: 2e-2,
-}
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
 gpu = pytest.mark.gpu
-needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    assert torch.isfinite(out).all(), "non-finite output"
-    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-300))
-
-
-def make_views(v: int, n: int, d: int, dtype: torch.dtype, seed: int, device: str = DEVICE):
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        torch.randn(n, d, generator=generator).to(device=device, dtype=dtype).requires_grad_()
-        for _ in range(v)
-    ]
-
-
-def reference(views: list[torch.Tensor]):
-    """Loss, terms and input gradients of reference/smi.py in float64."""
-    exact = [view.detach().double().requires_grad_() for view in views]
-    align, red = smi_loss_terms(*exact, eps=EPS)
-    loss = align + LAMBDA * red
-    grads = torch.autograd.grad(loss, exact)
-    return loss, align, red, grads
 
 
 def check_against_reference(views: list[torch.Tensor], tol: float) -> None:
     out = smi_loss_with_terms(*views, lambda_param=LAMBDA, eps=EPS, backend="triton")
     grads = torch.autograd.grad(out.loss, views)
-    loss, align, red, ref_grads = reference(views)
+    loss, align, red, ref_grads = reference_terms_and_grads(views)
     assert relative_error(out.loss, loss) < tol
     assert relative_error(out.alignment, align) < tol
     assert relative_error(out.redundancy, red) < tol
@@ -130,7 +110,7 @@ def test_only_one_view_requires_grad() -> None:
     b = b.detach()
     loss = smi_loss(a, b, backend="triton")
     (grad,) = torch.autograd.grad(loss, [a])
-    _, _, _, ref_grads = reference([a, b])
+    _, _, _, ref_grads = reference_terms_and_grads([a, b])
     assert relative_error(grad, ref_grads[0]) < 1e-4
 
 
@@ -147,16 +127,20 @@ def test_no_grad_stores_no_g() -> None:
     assert with_grad.workspace_bytes > plan.workspace_bytes
 
 
-def test_bitwise_deterministic() -> None:
-    views = make_views(3, 11, 40, torch.float32, seed=8)
+def assert_bitwise_repeatable(views: list[torch.Tensor], calls: int) -> None:
+    """``calls`` evaluations of the loss and its gradients agree bit for bit."""
     first = None
-    for _ in range(20):
+    for _ in range(calls):
         loss = smi_loss(*views, backend="triton")
         grads = torch.autograd.grad(loss, views)
-        current = torch.cat([loss.reshape(1), *[g.flatten() for g in grads]])
+        current = torch.cat([loss.reshape(1).float(), *[g.float().flatten() for g in grads]])
         if first is None:
             first = current
         assert torch.equal(current, first)
+
+
+def test_bitwise_deterministic() -> None:
+    assert_bitwise_repeatable(make_views(3, 11, 40, torch.float32, seed=8), calls=20)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -169,7 +153,7 @@ def test_every_output_element_is_written(monkeypatch, shape, dtype: torch.dtype)
         fill = 255 if dtype == torch.uint8 else float("nan")
         return torch.full(tuple(shape), fill, dtype=dtype, device=device)
 
-    monkeypatch.setattr(op, "_allocate", poisoned)
+    monkeypatch.setattr(op, "allocate", poisoned)
     v, n, d = shape
     views = make_views(v, n, d, dtype, seed=2)
     out, workspace, plan = op.forward([x.detach() for x in views], LAMBDA, EPS, True)
@@ -191,7 +175,7 @@ def test_constant_rows_are_finite() -> None:
     out = smi_loss_with_terms(a, b, backend="triton")
     grads = torch.autograd.grad(out.loss, [a, b])
     assert torch.isfinite(out.loss) and all(torch.isfinite(g).all() for g in grads)
-    loss = reference([a, b])[0]
+    loss = reference_terms_and_grads([a, b])[0]
     assert relative_error(out.loss, loss) < 1e-4
 
 
@@ -250,7 +234,7 @@ def test_compile_fullgraph_no_recompile() -> None:
         a, b = make_views(2, 6, 10, torch.float32, seed=seed)
         loss = step(a, b)
         loss.backward()
-        assert relative_error(loss, reference([a, b])[0]) < 1e-4
+        assert relative_error(loss, reference_terms_and_grads([a, b])[0]) < 1e-4
     assert compiles == 1
     torch._dynamo.reset()
 
@@ -398,7 +382,7 @@ def test_allocation_failure_is_explained(monkeypatch) -> None:
     def failing(shape, dtype, device):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(op, "_allocate", failing)
+    monkeypatch.setattr(op, "allocate", failing)
     views = make_views(2, 8, 16, torch.float32, seed=0)
     with pytest.raises(torch.OutOfMemoryError, match="workspace"):
         smi_loss(*views, backend="triton")
@@ -430,15 +414,7 @@ def test_gpu_real_sizes(shape, dtype, precision) -> None:
 @gpu
 @needs_gpu
 def test_gpu_bitwise_deterministic_100_calls() -> None:
-    views = make_views(2, 1024, 4096, torch.bfloat16, seed=0)
-    first = None
-    for _ in range(100):
-        loss = smi_loss(*views, backend="triton")
-        grads = torch.autograd.grad(loss, views)
-        current = torch.cat([loss.reshape(1).float(), *[g.float().flatten() for g in grads]])
-        if first is None:
-            first = current
-        assert torch.equal(current, first)
+    assert_bitwise_repeatable(make_views(2, 1024, 4096, torch.bfloat16, seed=0), calls=100)
 
 
 @gpu

@@ -14,11 +14,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from helpers import randn
 from torch import Tensor
 
 import smi_kernels.loss as loss_module
-from reference.smi import smi_loss as reference_loss
 from smi_kernels import SMILoss, smi_loss, smi_loss_with_terms
+from smi_kernels.reference import smi_loss as reference_loss
 
 F64 = torch.float64
 
@@ -45,10 +46,6 @@ API_IDS = ["smi_loss", "smi_loss_with_terms", "SMILoss"]
 @pytest.fixture(params=APIS, ids=API_IDS)
 def api(request: pytest.FixtureRequest) -> Api:
     return request.param
-
-
-def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
 # -- views -------------------------------------------------------------------------------------

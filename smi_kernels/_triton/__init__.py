@@ -20,11 +20,11 @@ architectures or Triton versions). On one GPU with one config they are bitwise r
 to run: every reduction has a fixed order (per-program slots and split-K partials, summed in
 order) and no kernel uses atomics. Opt-in autotuning may pick another config in another process.
 
-Tolerances. SPEC section 6 (float32 IEEE well under 1e-4, TF32 1e-3, 16-bit 2e-2) holds with
-approximate arithmetic because each such op adds a relative error of a few 2^-24 to a value that
-is then multiplied, divided or summed, and never subtracted from a nearly equal one, except in
-three places written to avoid that cancellation. They stay accurate under approximate division,
-since what they divide is already free of cancellation:
+Tolerances. Those of docs/design.md, section 6 (float32 IEEE 1e-4, TF32 1e-3, 16-bit 2e-2) hold with
+approximate arithmetic because each such op adds a relative error of a few 2^-24 to a value that is
+then multiplied, divided or summed, and never subtracted from a nearly equal one, except in three
+places written to avoid that cancellation. They stay accurate under approximate division, since what
+they divide is already free of cancellation:
 
 - m near 0: ``log(1 - rho^2 + eps) = log1p(eps - rho^2) = log(t) * x / (t - 1)`` (gram.py);
 - positives near rho = +-1: ``1 - rho^2 = (1 - rho)(1 + rho)`` with
@@ -53,7 +53,7 @@ Two results must be exact, not merely accurate, and ``/`` on the GPU does not pr
   residual under the floor of s and its gradient (0 in the reference) reaches 1e4, against 5e-2
   on the other rows (simulated; exact divisions by D restore the 0).
 
-Both need IEEE division, ``tl.math.div_rn`` (``div.rn.f32``): standardize.py's ``exact_div``.
+Both take IEEE division, ``tl.math.div_rn`` (``div.rn.f32``): ``exact_div`` in standardize.py.
 The interpreter divides exactly either way, so tests/test_exact_division.py compiles the kernel
 for sm_90 and sm_80 without a GPU and checks those divisions in the PTX; on a GPU,
 tests/test_numerics.py (large offsets, constant row) checks their effect.

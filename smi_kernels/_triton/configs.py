@@ -17,7 +17,7 @@ Three arithmetic classes take different tiles:
 * ``"ieee"``: float32 at the default precision ("highest"), which runs on CUDA cores (FMA), as
   ``torch.matmul`` does; float64 (interpreter only) too.
 
-Every entry is compiled for its architecture by ``benchmarks/kernel_report.py``: it fits shared
+Every entry is compiled for its architecture by ``tools/kernel_report.py``: it fits shared
 memory and spills no register (``tests/test_kernel_report.py`` holds that in CI). The entries
 have not been timed on hardware yet. ``SMI_KERNELS_AUTOTUNE=1`` makes the kernels autotune among
 a row's candidates (first call per shape benchmarks each; the K-loop order then depends on the

@@ -41,24 +41,29 @@ from smi_kernels._triton.rounding import to_storage
 
 @triton.jit
 def row_epilogue(
+    # the piece of (G_sym Z) and where it lies
     acc,
     col0,
     offs_p,
     db,
+    # pointers
     zh_ptr,
     rho_ptr,
     align_grad_ptr,
     dz_ptr,
     view_stride,
+    # the row scalars
     radial,
     s,
     projected,
     c_align,
     c_red_scaled,
+    # sizes
     P,
     N,
     D,
     D_pad,
+    # meta-parameters
     V: tl.constexpr,
     BLOCK_D: tl.constexpr,
     WIDTH: tl.constexpr,
@@ -105,6 +110,7 @@ def row_epilogue(
 
 @triton.jit
 def gram_backward_kernel(
+    # pointers
     zh_ptr,  # (P_pad, D_pad)
     columns_ptr,  # zh itself, or (sharded) every rank's zh, (W, P_pad, D_pad)
     s_ptr,  # (P,)
@@ -115,18 +121,22 @@ def gram_backward_kernel(
     align_grad_ptr,  # (V, V, N)
     grad_out_ptr,  # (3,): g_L, g_align, g_red
     dz_ptr,  # (V, N, D_pad) out, view u at u * view_stride
-    view_stride,
-    P,
-    P_pad,
-    N,
-    D,
-    D_pad,
-    num_blocks,
+    # sizes
+    view_stride,  # elements between the views of dz
+    P,  # rows, V N
+    P_pad,  # rows with the padding, NB BLOCK
+    N,  # samples per view
+    D,  # features
+    D_pad,  # features with the padding
+    num_blocks,  # NB
+    # the rank in the sharded mode (W = 1, rank 0 locally)
     world,
     rank,
-    upper,
+    upper,  # 1 on the upper side of the half block (rank < W / 2)
+    # scalars
     lambda_param,
-    inv_g_scale,
+    inv_g_scale,  # 1 / the power of two G is stored times
+    # meta-parameters
     V: tl.constexpr,
     BLOCK: tl.constexpr,
     BLOCK_Q: tl.constexpr,
@@ -172,21 +182,55 @@ def gram_backward_kernel(
             transposed_kind = tl.where(t == 0, 0, tl.where(is_half, upper, 2))
             direct_base = tl.where(t == 0, 0, tl.where(is_half, band + (1 - upper) * tri, band))
             direct_kind = tl.where(t == 0, 0, tl.where(is_half, 1 - upper, 2))
-            acc0, acc1 = walk(acc0, acc1, 0, split, pb, transposed_base, transposed_kind, True,
-                              g_ptr, columns, offs_d, z_mask0, z_mask1, num_blocks, D_pad, BLOCK,
-                              BLOCK_Q, WIDTH, HALVES, INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
-            acc0, acc1 = walk(acc0, acc1, split, num_blocks, pb, direct_base, direct_kind, False,
-                              g_ptr, columns, offs_d, z_mask0, z_mask1, num_blocks, D_pad, BLOCK,
-                              BLOCK_Q, WIDTH, HALVES, INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
+            acc0, acc1 = walk(
+                acc0=acc0,
+                acc1=acc1,
+                pb=pb,
+                split=split,
+                transposed_base=transposed_base,
+                transposed_kind=transposed_kind,
+                direct_base=direct_base,
+                direct_kind=direct_kind,
+                g_ptr=g_ptr,
+                columns=columns,
+                offs_d=offs_d,
+                z_mask0=z_mask0,
+                z_mask1=z_mask1,
+                num_blocks=num_blocks,
+                D_pad=D_pad,
+                BLOCK=BLOCK,
+                BLOCK_Q=BLOCK_Q,
+                WIDTH=WIDTH,
+                HALVES=HALVES,
+                INPUT_PRECISION=INPUT_PRECISION,
+                WIDEN_DOT=WIDEN_DOT,
+            )
     else:
         # below the diagonal: G_sym[p, q] = G[q, p] from stored tile (qb, pb); on and above it,
         # stored tile (pb, qb) (the packed triangle: kind 0)
-        acc0, acc1 = walk(acc0, acc1, 0, pb, pb, 0, 0, True, g_ptr, zh_ptr, offs_d, z_mask0,
-                          z_mask1, num_blocks, D_pad, BLOCK, BLOCK_Q, WIDTH, HALVES,
-                          INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
-        acc0, acc1 = walk(acc0, acc1, pb, num_blocks, pb, 0, 0, False, g_ptr, zh_ptr, offs_d,
-                          z_mask0, z_mask1, num_blocks, D_pad, BLOCK, BLOCK_Q, WIDTH, HALVES,
-                          INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
+        acc0, acc1 = walk(
+            acc0=acc0,
+            acc1=acc1,
+            pb=pb,
+            split=pb,
+            transposed_base=0,
+            transposed_kind=0,
+            direct_base=0,
+            direct_kind=0,
+            g_ptr=g_ptr,
+            columns=zh_ptr,
+            offs_d=offs_d,
+            z_mask0=z_mask0,
+            z_mask1=z_mask1,
+            num_blocks=num_blocks,
+            D_pad=D_pad,
+            BLOCK=BLOCK,
+            BLOCK_Q=BLOCK_Q,
+            WIDTH=WIDTH,
+            HALVES=HALVES,
+            INPUT_PRECISION=INPUT_PRECISION,
+            WIDEN_DOT=WIDEN_DOT,
+        )
 
     g_loss = tl.load(grad_out_ptr).to(acc_dtype)
     g_align = tl.load(grad_out_ptr + 1).to(acc_dtype)
@@ -209,35 +253,61 @@ def gram_backward_kernel(
     s = tl.load(s_ptr + offs_p, mask=row_ok, other=1.0)
     projected = tl.load(projected_ptr + offs_p, mask=row_ok, other=0.0)
     c_red_scaled = c_red * inv_g_scale
-    row_epilogue(
-        acc0, 0, offs_p, db, zh_ptr, rho_ptr, align_grad_ptr, dz_ptr, view_stride, radial, s,
-        projected, c_align, c_red_scaled, P, N, D, D_pad, V, BLOCK_D, WIDTH, EVEN_D, EMULATE_RTNE,
-    )  # fmt: skip
-    if HALVES == 2:
+    for half in tl.static_range(HALVES):
+        if half == 0:
+            acc = acc0
+        else:
+            acc = acc1
         row_epilogue(
-            acc1, WIDTH, offs_p, db, zh_ptr, rho_ptr, align_grad_ptr, dz_ptr, view_stride, radial,
-            s, projected, c_align, c_red_scaled, P, N, D, D_pad, V, BLOCK_D, WIDTH, EVEN_D,
-            EMULATE_RTNE,
-        )  # fmt: skip
+            acc=acc,
+            col0=half * WIDTH,
+            offs_p=offs_p,
+            db=db,
+            zh_ptr=zh_ptr,
+            rho_ptr=rho_ptr,
+            align_grad_ptr=align_grad_ptr,
+            dz_ptr=dz_ptr,
+            view_stride=view_stride,
+            radial=radial,
+            s=s,
+            projected=projected,
+            c_align=c_align,
+            c_red_scaled=c_red_scaled,
+            P=P,
+            N=N,
+            D=D,
+            D_pad=D_pad,
+            V=V,
+            BLOCK_D=BLOCK_D,
+            WIDTH=WIDTH,
+            EVEN_D=EVEN_D,
+            EMULATE_RTNE=EMULATE_RTNE,
+        )
 
 
 @triton.jit
 def walk(
     acc0,
     acc1,
-    first_block,
-    end_block,
+    # the G tiles of row block pb: column blocks [0, split) read transposed from the stored tile
+    # (qb, pb), [split, NB) as stored (pb, qb), each part at its base and of its kind
     pb,
-    tile_base,
-    kind,
-    TRANSPOSED: tl.constexpr,
+    split,
+    transposed_base,
+    transposed_kind,
+    direct_base,
+    direct_kind,
+    # pointers
     g_ptr,
     columns,
+    # the output tile's columns
     offs_d,
     z_mask0,
     z_mask1,
+    # sizes
     num_blocks,
     D_pad,
+    # meta-parameters
     BLOCK: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     WIDTH: tl.constexpr,
@@ -245,24 +315,38 @@ def walk(
     INPUT_PRECISION: tl.constexpr,
     WIDEN_DOT: tl.constexpr,
 ):
-    """acc += G_sym[row block pb, column blocks first_block..end_block) Z over those rows of
-    ``columns``, in slices of BLOCK_Q rows. G_sym[p, q] is stored tile (pb, qb) (TRANSPOSED off)
-    or the transpose of stored tile (qb, pb), at ``tile_base + band_tile_index(kind, ...)``."""
-    r = tl.arange(0, BLOCK)
-    q = tl.arange(0, BLOCK_Q)
-    for kq in range(first_block * BLOCK, end_block * BLOCK, BLOCK_Q):
-        qb = kq // BLOCK
-        jj = kq - qb * BLOCK
-        if TRANSPOSED:
-            tile = tile_base + band_tile_index(kind, qb, pb, num_blocks)
-            g_rows = g_ptr + tile * (BLOCK * BLOCK) + (jj + q)[:, None] * BLOCK + r[None, :]
-            g = tl.trans(tl.load(g_rows))
+    """acc += G_sym[row block pb, :] Z over the rows of ``columns``, in slices of BLOCK_Q rows:
+    first the column blocks [0, split), G_sym[p, q] the transpose of stored tile (qb, pb), then
+    [split, NB), G_sym[p, q] stored tile (pb, qb); the tile of a part lies at its base plus
+    ``band_tile_index(kind, ...)``."""
+    for part in tl.static_range(2):
+        if part == 0:
+            first_block = 0
+            end_block = split
+            tile_base = transposed_base
+            kind = transposed_kind
         else:
-            tile = tile_base + band_tile_index(kind, pb, qb, num_blocks)
-            g = tl.load(g_ptr + tile * (BLOCK * BLOCK) + r[:, None] * BLOCK + (jj + q)[None, :])
-        z_rows = columns + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
-        acc0, acc1 = accumulate(acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES,
-                                INPUT_PRECISION, WIDEN_DOT)  # fmt: skip
+            first_block = split
+            end_block = num_blocks
+            tile_base = direct_base
+            kind = direct_kind
+        r = tl.arange(0, BLOCK)
+        q = tl.arange(0, BLOCK_Q)
+        for kq in range(first_block * BLOCK, end_block * BLOCK, BLOCK_Q):
+            qb = kq // BLOCK
+            jj = kq - qb * BLOCK
+            if part == 0:
+                tile = tile_base + band_tile_index(kind, qb, pb, num_blocks)
+                g_rows = g_ptr + tile * (BLOCK * BLOCK) + (jj + q)[:, None] * BLOCK + r[None, :]
+                g = tl.trans(tl.load(g_rows))
+            else:
+                tile = tile_base + band_tile_index(kind, pb, qb, num_blocks)
+                g_rows = g_ptr + tile * (BLOCK * BLOCK) + r[:, None] * BLOCK + (jj + q)[None, :]
+                g = tl.load(g_rows)
+            z_rows = columns + (kq + q).to(tl.int64)[:, None] * D_pad + offs_d[None, :]
+            acc0, acc1 = accumulate(
+                acc0, acc1, g, z_rows, z_mask0, z_mask1, WIDTH, HALVES, INPUT_PRECISION, WIDEN_DOT
+            )
     return acc0, acc1
 
 

@@ -119,6 +119,7 @@ def sharded_tile(idx, num_blocks, world, upper):
 
 @triton.jit
 def piece_epilogue(
+    # the piece of S, and where it lies
     acc,
     pb,
     qb,
@@ -126,13 +127,17 @@ def piece_epilogue(
     tile,
     col_slot,
     cross,
+    # pointers
     g_ptr,
     radial_slots_ptr,
+    # sizes
     P,
     P_pad,
     N,
+    # scalars
     eps,
     g_scale,
+    # meta-parameters
     BLOCK: tl.constexpr,
     WIDTH: tl.constexpr,
     NEED_GRAD: tl.constexpr,
@@ -188,6 +193,7 @@ def piece_epilogue(
 
 @triton.jit
 def tile_epilogue(
+    # the tile of S (two column halves), and where it lies
     acc0,
     acc1,
     pb,
@@ -197,14 +203,18 @@ def tile_epilogue(
     row_slot,
     col_slot,
     cross,
+    # pointers
     g_ptr,
     red_ptr,
     radial_slots_ptr,
+    # sizes
     P,
     P_pad,
     N,
+    # scalars
     eps,
     g_scale,
+    # meta-parameters
     BLOCK: tl.constexpr,
     HALVES: tl.constexpr,
     NEED_GRAD: tl.constexpr,
@@ -216,24 +226,56 @@ def tile_epilogue(
     HALVES = 2 the tile is held as two column halves, transformed one after the other, so that
     the transform's temporaries are half a tile (a whole 128 x 128 tile's would spill)."""
     WIDTH: tl.constexpr = BLOCK // HALVES
-    red, row_radial = piece_epilogue(
-        acc0, pb, qb, 0, tile, col_slot, cross, g_ptr, radial_slots_ptr, P, P_pad, N, eps,
-        g_scale, BLOCK, WIDTH, NEED_GRAD, SHARDED, EMULATE_RTNE,
-    )  # fmt: skip
-    if HALVES == 2:
-        red1, row_radial1 = piece_epilogue(
-            acc1, pb, qb, WIDTH, tile, col_slot, cross, g_ptr, radial_slots_ptr, P, P_pad, N,
-            eps, g_scale, BLOCK, WIDTH, NEED_GRAD, SHARDED, EMULATE_RTNE,
-        )  # fmt: skip
-        red += red1
-        row_radial += row_radial1
-    finish_tile(red, row_radial, pb, t, row_slot, red_ptr, radial_slots_ptr, P_pad, BLOCK,
-                NEED_GRAD)  # fmt: skip
+    for half in tl.static_range(HALVES):
+        if half == 0:
+            acc = acc0
+        else:
+            acc = acc1
+        red_half, row_radial_half = piece_epilogue(
+            acc=acc,
+            pb=pb,
+            qb=qb,
+            col0=half * WIDTH,
+            tile=tile,
+            col_slot=col_slot,
+            cross=cross,
+            g_ptr=g_ptr,
+            radial_slots_ptr=radial_slots_ptr,
+            P=P,
+            P_pad=P_pad,
+            N=N,
+            eps=eps,
+            g_scale=g_scale,
+            BLOCK=BLOCK,
+            WIDTH=WIDTH,
+            NEED_GRAD=NEED_GRAD,
+            SHARDED=SHARDED,
+            EMULATE_RTNE=EMULATE_RTNE,
+        )
+        if half == 0:
+            red = red_half
+            row_radial = row_radial_half
+        else:
+            red += red_half
+            row_radial += row_radial_half
+    finish_tile(
+        red, row_radial, pb, t, row_slot, red_ptr, radial_slots_ptr, P_pad, BLOCK, NEED_GRAD
+    )
 
 
 @triton.jit
-def finish_tile(red, row_radial, pb, t, row_slot, red_ptr, radial_slots_ptr, P_pad,
-                BLOCK: tl.constexpr, NEED_GRAD: tl.constexpr):  # fmt: skip
+def finish_tile(
+    red,
+    row_radial,
+    pb,
+    t,
+    row_slot,
+    red_ptr,
+    radial_slots_ptr,
+    P_pad,
+    BLOCK: tl.constexpr,
+    NEED_GRAD: tl.constexpr,
+):
     """Stores the L_red partial of program tile t and the row radial sums of its rows."""
     tl.store(red_ptr + t, red)
     if NEED_GRAD:
@@ -273,24 +315,30 @@ def tile_targets(idx, pb, qb, num_blocks, world, upper, SHARDED: tl.constexpr):
 
 @triton.jit
 def gram_forward_kernel(
+    # pointers
     zh_ptr,  # (P_pad, D_pad) standardised rows, zero padding
     columns_ptr,  # the column rows: zh itself, or (sharded) every rank's zh, (W, P_pad, D_pad)
     g_ptr,  # (stored tiles, BLOCK, BLOCK) out: G tiles, when NEED_GRAD
     red_ptr,  # (tiles,) out: L_red partial of each tile
     radial_slots_ptr,  # (slots, P_pad) out: slot k, row p: sum over column block k of G_pq S_pq
     split_partial_ptr,  # (SPLIT, tiles, BLOCK, BLOCK) out: partial S tiles when SPLIT > 1
-    P,
-    P_pad,
-    N,
-    D_pad,
-    num_tiles,
-    num_blocks,
+    # sizes
+    P,  # rows of zh, V N
+    P_pad,  # rows with the padding, NB BLOCK
+    N,  # samples per view
+    D_pad,  # features with the padding
+    num_tiles,  # forward tiles (before the split)
+    num_blocks,  # NB: row blocks of BLOCK rows
+    # the rank in the sharded mode (W = 1, rank 0 locally)
     world,
     rank,
-    upper,
+    upper,  # 1 on the upper side of the half block (rank < W / 2)
+    # the K-loop piece of one program
     k_per_split,
+    # scalars
     eps,
-    g_scale,
+    g_scale,  # the power of two G is stored times
+    # meta-parameters
     BLOCK: tl.constexpr,
     BLOCK_K: tl.constexpr,
     HALVES: tl.constexpr,
@@ -346,10 +394,29 @@ def gram_forward_kernel(
     if SPLIT == 1:
         tile, row_slot, col_slot, cross = tile_targets(t, pb, qb, num_blocks, world, upper, SHARDED)
         tile_epilogue(
-            acc0, acc1, pb, qb, t, tile, row_slot, col_slot, cross, g_ptr, red_ptr,
-            radial_slots_ptr, P, P_pad, N, eps, g_scale, BLOCK, HALVES, NEED_GRAD, SHARDED,
-            EMULATE_RTNE,
-        )  # fmt: skip
+            acc0=acc0,
+            acc1=acc1,
+            pb=pb,
+            qb=qb,
+            t=t,
+            tile=tile,
+            row_slot=row_slot,
+            col_slot=col_slot,
+            cross=cross,
+            g_ptr=g_ptr,
+            red_ptr=red_ptr,
+            radial_slots_ptr=radial_slots_ptr,
+            P=P,
+            P_pad=P_pad,
+            N=N,
+            eps=eps,
+            g_scale=g_scale,
+            BLOCK=BLOCK,
+            HALVES=HALVES,
+            NEED_GRAD=NEED_GRAD,
+            SHARDED=SHARDED,
+            EMULATE_RTNE=EMULATE_RTNE,
+        )
     else:
         slot = split_partial_ptr + pid.to(tl.int64) * (BLOCK * BLOCK) + r[:, None] * BLOCK
         tl.store(slot + c[None, :], acc0)
@@ -359,21 +426,26 @@ def gram_forward_kernel(
 
 @triton.jit
 def gram_epilogue_kernel(
+    # pointers (as the forward kernel's)
     g_ptr,
     red_ptr,
     radial_slots_ptr,
     split_partial_ptr,
+    # sizes
     P,
     P_pad,
     N,
     D_pad,
     num_tiles,
     num_blocks,
+    # the rank in the sharded mode
     world,
     rank,
     upper,
+    # scalars
     eps,
     g_scale,
+    # meta-parameters
     BLOCK: tl.constexpr,
     HALVES: tl.constexpr,
     SPLIT: tl.constexpr,
@@ -399,29 +471,52 @@ def gram_epilogue_kernel(
             piece_offset = tl.cast(piece * num_tiles, tl.int64) * (BLOCK * BLOCK)
             acc += tl.load(partials + piece_offset + offsets)
         red_half, row_radial_half = piece_epilogue(
-            acc, pb, qb, half * WIDTH, tile, col_slot, cross, g_ptr, radial_slots_ptr, P, P_pad,
-            N, eps, g_scale, BLOCK, WIDTH, NEED_GRAD, SHARDED, EMULATE_RTNE,
-        )  # fmt: skip
+            acc=acc,
+            pb=pb,
+            qb=qb,
+            col0=half * WIDTH,
+            tile=tile,
+            col_slot=col_slot,
+            cross=cross,
+            g_ptr=g_ptr,
+            radial_slots_ptr=radial_slots_ptr,
+            P=P,
+            P_pad=P_pad,
+            N=N,
+            eps=eps,
+            g_scale=g_scale,
+            BLOCK=BLOCK,
+            WIDTH=WIDTH,
+            NEED_GRAD=NEED_GRAD,
+            SHARDED=SHARDED,
+            EMULATE_RTNE=EMULATE_RTNE,
+        )
         red += red_half
         row_radial += row_radial_half
-    finish_tile(red, row_radial, pb, t, row_slot, red_ptr, radial_slots_ptr, P_pad, BLOCK,
-                NEED_GRAD)  # fmt: skip
+    finish_tile(
+        red, row_radial, pb, t, row_slot, red_ptr, radial_slots_ptr, P_pad, BLOCK, NEED_GRAD
+    )
 
 
 @triton.jit
 def finalize_kernel(
-    red_ptr,
+    # the loss: the partials in, (L, L_align, L_red) out
+    red_ptr,  # (num_red,) L_red per tile
     num_red,
-    align_ptr,
+    align_ptr,  # (num_align,) L_align per sample
     num_align,
     out_ptr,  # (3,): L, L_align, L_red
+    # the radial sums of the rows
     radial_slots_ptr,  # (slots, P_pad)
     radial_ptr,  # (P_pad,) out: sum of the slots of each row
     num_blocks,
+    # the rank in the sharded mode
     world,
     upper,
+    # sizes and scalars
     P_pad,
     lambda_param,
+    # meta-parameters
     BLOCK: tl.constexpr,
     BLOCK_R: tl.constexpr,
     TILE: tl.constexpr,

@@ -28,7 +28,7 @@ import triton
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from smi_kernels import memory
+from smi_kernels import flops, memory
 from smi_kernels._math import float16_gradient_scale
 from smi_kernels._torch import refuse_double_backward
 from smi_kernels._triton import configs
@@ -39,7 +39,7 @@ from smi_kernels._triton.gram import (
     gram_epilogue_kernel,
     gram_forward_kernel,
 )
-from smi_kernels._triton.plan import Plan, make_plan, plan_for
+from smi_kernels._triton.plan import Plan, accumulator, plan_for
 from smi_kernels._triton.standardize import standardize_kernel
 
 #: rows of the radial reduction per program of the finalize launch
@@ -48,7 +48,7 @@ RADIAL_BLOCK = 1024
 MAX_VIEWS_IN_PLACE = 4
 
 
-def _allocate(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+def allocate(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
     """Every buffer the ops write (one place, so a test can poison them all)."""
     return torch.empty(tuple(shape), dtype=dtype, device=device)
 
@@ -80,6 +80,11 @@ def segments(workspace: Tensor, plan: Plan) -> dict[str, Tensor | Pointer]:
     return views
 
 
+def pointers(seg: dict[str, Tensor | Pointer], *names: str) -> dict[str, Tensor | Pointer]:
+    """Kernel arguments ``<name>_ptr``: the workspace segments ``names``."""
+    return {f"{name}_ptr": seg[name] for name in names}
+
+
 def interpreting(plan: Plan) -> bool:
     """True for the Triton interpreter (CPU tensors); the launches are the GPU's otherwise."""
     return plan.arch == "interpreter"
@@ -107,8 +112,11 @@ def _compile_options(config, plan: Plan) -> dict:
     which it announced will change): the GPU results must not move with a Triton upgrade."""
     if interpreting(plan):
         return {}
-    return {"num_warps": config.num_warps, "num_stages": config.num_stages,
-            "enable_fp_fusion": True}  # fmt: skip
+    return {
+        "num_warps": config.num_warps,
+        "num_stages": config.num_stages,
+        "enable_fp_fusion": True,
+    }
 
 
 _AUTOTUNED: dict[tuple, object] = {}
@@ -197,13 +205,13 @@ def view_offsets(views: Sequence[Tensor]) -> tuple[Tensor, list[int], int]:
 _CHECKED: set[tuple[Plan, torch.device]] = set()
 
 
-def _allocate_workspace(plan: Plan, device: torch.device) -> Tensor:
+def allocate_workspace(plan: Plan, device: torch.device) -> Tensor:
     """The forward's workspace, after the memory model's check (once per shape)."""
     if (plan, device) not in _CHECKED:
         memory.check_fits(plan.workspace_bytes, "forward", device)
         _CHECKED.add((plan, device))
     try:
-        return _allocate((plan.workspace_bytes,), torch.uint8, device)
+        return allocate((plan.workspace_bytes,), torch.uint8, device)
     except torch.OutOfMemoryError as error:
         _CHECKED.discard((plan, device))
         raise torch.OutOfMemoryError(
@@ -228,20 +236,35 @@ class Launches:
 def launches(plan: Plan, autotune: bool) -> Launches:
     """The launches of ``plan`` (``autotune``: SMI_KERNELS_AUTOTUNE is set)."""
     del autotune  # part of the cache key: the launchers read it
-    common = {"NEED_GRAD": plan.need_grad, "SHARDED": plan.sharded,
-              "EMULATE_RTNE": emulate_rtne(plan)}  # fmt: skip
+    common = {
+        "NEED_GRAD": plan.need_grad,
+        "SHARDED": plan.sharded,
+        "EMULATE_RTNE": emulate_rtne(plan),
+    }
     kernel, options = forward_launcher(plan)
-    forward_options = {"BLOCK": plan.block, "HALVES": plan.halves, "SPLIT": plan.split,
-                       "INPUT_PRECISION": plan.precision, "WIDEN_DOT": widen_dot(plan),
-                       **common, **options}  # fmt: skip
+    forward_options = {
+        "BLOCK": plan.block,
+        "HALVES": plan.halves,
+        "SPLIT": plan.split,
+        "INPUT_PRECISION": plan.precision,
+        "WIDEN_DOT": widen_dot(plan),
+        **common,
+        **options,
+    }
     epilogue = None
     if plan.split > 1:
-        epilogue = ((plan.tiles,), {"BLOCK": plan.block, "HALVES": plan.halves,
-                                    "SPLIT": plan.split, **common,
-                                    **_compile_options(plan.forward[0], plan)})  # fmt: skip
+        epilogue_options = {"BLOCK": plan.block, "HALVES": plan.halves, "SPLIT": plan.split}
+        epilogue = (
+            (plan.tiles,),
+            {**epilogue_options, **common, **_compile_options(plan.forward[0], plan)},
+        )
     radial_programs = triton.cdiv(plan.rows_pad, RADIAL_BLOCK) if plan.need_grad else 0
-    finalize_options = {"BLOCK": finalize_block(max(plan.tiles, plan.n)), "BLOCK_R": RADIAL_BLOCK,
-                        "TILE": plan.block, "SHARDED": plan.sharded}  # fmt: skip
+    finalize_options = {
+        "BLOCK": finalize_block(max(plan.tiles, plan.n)),
+        "BLOCK_R": RADIAL_BLOCK,
+        "TILE": plan.block,
+        "SHARDED": plan.sharded,
+    }
     if not interpreting(plan):
         finalize_options["enable_fp_fusion"] = True
     finalize = ((1 + radial_programs,), finalize_options)
@@ -249,10 +272,16 @@ def launches(plan: Plan, autotune: bool) -> Launches:
     if plan.need_grad:
         kernel_b, options_b = backward_launcher(plan)
         grid = (plan.num_blocks * triton.cdiv(plan.d, plan.backward[0].BLOCK_D),)
-        options_b = {"V": plan.views, "BLOCK": plan.block, "HALVES": plan.backward_halves,
-                     "SHARDED": plan.sharded,
-                     "INPUT_PRECISION": plan.precision, "WIDEN_DOT": widen_dot(plan),
-                     "EMULATE_RTNE": emulate_rtne(plan), **options_b}  # fmt: skip
+        options_b = {
+            "V": plan.views,
+            "BLOCK": plan.block,
+            "HALVES": plan.backward_halves,
+            "SHARDED": plan.sharded,
+            "INPUT_PRECISION": plan.precision,
+            "WIDEN_DOT": widen_dot(plan),
+            "EMULATE_RTNE": emulate_rtne(plan),
+            **options_b,
+        }
         backward = (kernel_b, grid, options_b)
     return Launches(
         standardize=((plan.n + plan.rows_pad - plan.rows,), standardize_options(plan)),
@@ -271,8 +300,8 @@ def forward(
     device = first.device
     n, d = first.shape
     plan = plan_for(len(views), n, d, first.dtype, device, need_grad)
-    workspace = _allocate_workspace(plan, device)
-    out = _allocate((3,), plan.accumulator, device)
+    workspace = allocate_workspace(plan, device)
+    out = allocate((3,), plan.accumulator, device)
     launch_forward(plan, views, workspace, out, lambda_param, eps)
     return out, workspace, plan
 
@@ -300,10 +329,23 @@ def launch_standardize(
     base, offsets, view_stride = view_offsets(views)
     grid, options = run.standardize
     standardize_kernel[grid](
-        base, offsets[0], offsets[1], offsets[2], view_stride,
-        seg["zh"], seg["s"], seg["projected"], seg["rho"], seg["align_grad"], seg["align"],
-        plan.n, plan.d, plan.d_pad, plan.rows, eps, STACKED=view_stride != 0, **options,
-    )  # fmt: skip
+        # the views
+        z_ptr=base,
+        view_offset_1=offsets[0],
+        view_offset_2=offsets[1],
+        view_offset_3=offsets[2],
+        view_stride=view_stride,
+        # out
+        **pointers(seg, "zh", "s", "projected", "rho", "align_grad", "align"),
+        # sizes and scalars
+        N=plan.n,
+        D=plan.d,
+        D_pad=plan.d_pad,
+        P=plan.rows,
+        eps=eps,
+        STACKED=view_stride != 0,
+        **options,
+    )
 
 
 def launch_gram(
@@ -315,17 +357,39 @@ def launch_gram(
     g = seg["g"] if plan.need_grad else scratch
     slots = seg["radial_slots"] if plan.need_grad else scratch
     partial = seg["split_partial"] if plan.split > 1 else scratch
-    scale = g_scale(plan.dtype, eps)
-    shape = (plan.rows, plan.rows_pad, plan.n, plan.d_pad, plan.tiles, plan.num_blocks,
-             plan.world, rank, int(plan.upper))  # fmt: skip
+    # what the forward kernel and the split-K epilogue share
+    arguments = {
+        # pointers
+        "g_ptr": g,
+        "red_ptr": seg["red"],
+        "radial_slots_ptr": slots,
+        "split_partial_ptr": partial,
+        # sizes
+        "P": plan.rows,
+        "P_pad": plan.rows_pad,
+        "N": plan.n,
+        "D_pad": plan.d_pad,
+        "num_tiles": plan.tiles,
+        "num_blocks": plan.num_blocks,
+        # the rank in the sharded mode
+        "world": plan.world,
+        "rank": rank,
+        "upper": int(plan.upper),
+        # scalars
+        "eps": eps,
+        "g_scale": g_scale(plan.dtype, eps),
+    }
     kernel, grid, options = run.forward
     kernel[grid](
-        seg["zh"], columns, g, seg["red"], slots, partial, *shape, plan.k_per_split, eps, scale,
+        zh_ptr=seg["zh"],
+        columns_ptr=columns,
+        k_per_split=plan.k_per_split,
+        **arguments,
         **options,
-    )  # fmt: skip
+    )
     if run.epilogue is not None:
         grid, options = run.epilogue
-        gram_epilogue_kernel[grid](g, seg["red"], slots, partial, *shape, eps, scale, **options)
+        gram_epilogue_kernel[grid](**arguments, **options)
 
 
 def launch_finalize(plan: Plan, run: Launches, seg: dict, out: Tensor, lambda_param: float) -> None:
@@ -335,9 +399,22 @@ def launch_finalize(plan: Plan, run: Launches, seg: dict, out: Tensor, lambda_pa
     radial = seg["radial"] if plan.need_grad else scratch
     grid, options = run.finalize
     finalize_kernel[grid](
-        seg["red"], plan.tiles, seg["align"], plan.n, out, slots, radial, plan.num_blocks,
-        plan.world, int(plan.upper), plan.rows_pad, lambda_param, **options,
-    )  # fmt: skip
+        # the loss
+        red_ptr=seg["red"],
+        num_red=plan.tiles,
+        align_ptr=seg["align"],
+        num_align=plan.n,
+        out_ptr=out,
+        # the radial sums
+        radial_slots_ptr=slots,
+        radial_ptr=radial,
+        num_blocks=plan.num_blocks,
+        world=plan.world,
+        upper=int(plan.upper),
+        P_pad=plan.rows_pad,
+        lambda_param=lambda_param,
+        **options,
+    )
 
 
 def backward(
@@ -352,18 +429,34 @@ def backward(
     """dz (V, N, D) from the forward's workspace and the gradient of (L, L_align, L_red);
     ``columns``, ``rank``: every rank's zh and this rank's index (sharded)."""
     # rows of D_pad: aligned, unmasked stores; the caller sees the (V, N, D) view
-    dz = _allocate((plan.views, plan.n, plan.d_pad), plan.dtype, workspace.device)
+    dz = allocate((plan.views, plan.n, plan.d_pad), plan.dtype, workspace.device)
     if grad_out.dtype != plan.accumulator or not grad_out.is_contiguous():
         grad_out = grad_out.to(plan.accumulator).contiguous()
     seg = segments(workspace, plan)
     kernel, grid, options = launches(plan, configs.autotune_enabled()).backward
     kernel[grid](
-        seg["zh"], seg["zh"] if columns is None else columns, seg["s"], seg["projected"],
-        seg["g"], seg["radial"], seg["rho"], seg["align_grad"], grad_out, dz,
-        plan.n * plan.d_pad, plan.rows, plan.rows_pad, plan.n, plan.d, plan.d_pad,
-        plan.num_blocks, plan.world, rank, int(plan.upper), lambda_param,
-        1.0 / g_scale(plan.dtype, eps), **options,
-    )  # fmt: skip
+        # pointers
+        **pointers(seg, "zh", "s", "projected", "g", "radial", "rho", "align_grad"),
+        columns_ptr=seg["zh"] if columns is None else columns,
+        grad_out_ptr=grad_out,
+        dz_ptr=dz,
+        # sizes
+        view_stride=plan.n * plan.d_pad,
+        P=plan.rows,
+        P_pad=plan.rows_pad,
+        N=plan.n,
+        D=plan.d,
+        D_pad=plan.d_pad,
+        num_blocks=plan.num_blocks,
+        # the rank in the sharded mode
+        world=plan.world,
+        rank=rank,
+        upper=int(plan.upper),
+        # scalars
+        lambda_param=lambda_param,
+        inv_g_scale=1.0 / g_scale(plan.dtype, eps),
+        **options,
+    )
     return dz if plan.d_pad == plan.d else dz[..., : plan.d]
 
 
@@ -395,17 +488,6 @@ class _SMITriton(torch.autograd.Function):
 # ---------------------------------------------------------------- torch.library ops
 
 
-def _stacked_plan(z_shape: Sequence[int], dtype: torch.dtype, device: torch.device,
-                  need_grad: bool, precision: str | None = None) -> Plan:  # fmt: skip
-    v, n, d = z_shape
-    if precision is None:
-        return plan_for(v, n, d, dtype, device, need_grad)
-    from smi_kernels._triton.plan import device_architecture, sm_count
-
-    return make_plan(device_architecture(device), sm_count(device), v, n, d, dtype, precision,
-                     need_grad)  # fmt: skip
-
-
 @torch.library.custom_op("smi_kernels::smi_forward", mutates_args=())
 def smi_forward(z: Tensor, lambda_param: float, eps: float, need_grad: bool) -> list[Tensor]:
     """Fused SMI forward on stacked views z (V, N, D): ``[out, workspace]``."""
@@ -416,9 +498,11 @@ def smi_forward(z: Tensor, lambda_param: float, eps: float, need_grad: bool) -> 
 
 @smi_forward.register_fake
 def _smi_forward_fake(z: Tensor, lambda_param: float, eps: float, need_grad: bool) -> list[Tensor]:
-    plan = _stacked_plan(z.shape, z.dtype, z.device, need_grad)
-    return [z.new_empty((3,), dtype=plan.accumulator),
-            z.new_empty((plan.workspace_bytes,), dtype=torch.uint8)]  # fmt: skip
+    plan = plan_for(*z.shape, z.dtype, z.device, need_grad)
+    return [
+        z.new_empty((3,), dtype=plan.accumulator),
+        z.new_empty((plan.workspace_bytes,), dtype=torch.uint8),
+    ]
 
 
 @torch.library.custom_op("smi_kernels::smi_backward", mutates_args=())
@@ -432,20 +516,12 @@ def smi_backward(
     eps: float,
 ) -> Tensor:
     """dz (V, N, D) from smi_forward's workspace and the gradient of (L, L_align, L_red)."""
-    plan = _stacked_plan(z_shape, dtype, workspace.device, True, precision)
+    plan = plan_for(*z_shape, dtype, workspace.device, True, precision=precision)
     return backward(grad_out, workspace, plan, lambda_param, eps)
 
 
 @smi_backward.register_fake
-def _smi_backward_fake(
-    grad_out: Tensor,
-    workspace: Tensor,
-    z_shape: list[int],
-    dtype: torch.dtype,
-    precision: str,
-    lambda_param: float,
-    eps: float,
-) -> Tensor:
+def _smi_backward_fake(grad_out, workspace, z_shape, dtype, precision, lambda_param, eps) -> Tensor:
     return workspace.new_empty(tuple(z_shape), dtype=dtype)
 
 
@@ -471,8 +547,7 @@ def _backward(ctx, grads):
     grad_out = grads[0]
     (workspace,) = ctx.saved_tensors
     if grad_out is None:
-        grad_out = workspace.new_zeros(3, dtype=torch.float64 if ctx.dtype == torch.float64
-                                       else torch.float32)  # fmt: skip
+        grad_out = workspace.new_zeros(3, dtype=accumulator(ctx.dtype))
     dz = smi_backward(
         grad_out, workspace, ctx.z_shape, ctx.dtype, ctx.precision, ctx.lambda_param, ctx.eps
     )
@@ -484,20 +559,16 @@ smi_forward.register_autograd(_backward, setup_context=_setup_context)
 
 @register_flop_formula(torch.ops.smi_kernels.smi_forward)
 def _smi_forward_flops(z_shape, *args, **kwargs) -> int:
-    from smi_kernels import flops
-
     return flops.flop_formula_forward(z_shape)
 
 
 @register_flop_formula(torch.ops.smi_kernels.smi_backward)
 def _smi_backward_flops(grad_shape, workspace_shape, z_shape, *args, **kwargs) -> int:
-    from smi_kernels import flops
-
     v, n, d = z_shape
     return 2 * flops.fused_backward_macs(n, d, views=v)
 
 
-def _eager(device: torch.device) -> bool:
+def eager(device: torch.device) -> bool:
     """True when the autograd function can run directly: real tensors (not meta), not tracing,
     no dispatch mode (FlopCounterMode, FakeTensorMode, ...)."""
     return (
@@ -510,7 +581,7 @@ def _eager(device: torch.device) -> bool:
 def smi_triton(views: Sequence[Tensor], lambda_param: float, eps: float) -> Tensor:
     """``(L, L_align, L_red)`` by the Triton kernels, differentiable in every view."""
     need_grad = torch.is_grad_enabled() and any(view.requires_grad for view in views)
-    if _eager(views[0].device):
+    if eager(views[0].device):
         return _SMITriton.apply(lambda_param, eps, need_grad, *views)
     z = torch.stack(list(views))
     return torch.ops.smi_kernels.smi_forward(z, lambda_param, eps, need_grad)[0]

@@ -12,7 +12,7 @@ Layout, with P = V N stacked rows (row p = u N + i), B = ``BLOCK``:
                                            backward's row loads need no mask and stay vectorised
     tiles  = NB (NB + 1) / 2               upper-triangular tiles (pb <= qb) of S and of G
              + K NB^2 (+ half)             sharded: this rank's other blocks (K = (W - 1) // 2,
-                                           see smi_kernels/_triton/sharded.py)
+                                           see smi_kernels/schedule.py)
     split  = K-loop pieces per tile        > 1 only when tiles alone leave SMs idle
 
 One workspace (a byte buffer, every segment 256-byte aligned) holds what the forward writes:
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from smi_kernels import schedule
 from smi_kernels._triton import configs
 
 ALIGN = 256
@@ -120,45 +121,22 @@ class Plan:
     @functools.cached_property
     def triangle_tiles(self) -> int:
         """NB (NB + 1) / 2: the upper tiles of the local S."""
-        return self.num_blocks * (self.num_blocks + 1) // 2
+        return schedule.triangle_tiles(self.num_blocks)
 
     @functools.cached_property
     def tiles(self) -> int:
         """Forward programs (before the split), one L_red partial each: the local triangle, and
-        sharded, this rank's other blocks (see :func:`forward_tiles`)."""
-        return forward_tiles(self.num_blocks, self.world, self.upper)
+        sharded, this rank's other blocks (``schedule.forward_tiles``)."""
+        return schedule.forward_tiles(self.num_blocks, self.world, self.upper)
 
     @functools.cached_property
     def stored_tiles(self) -> int:
         """G tiles stored: the triangle, and sharded, NB^2 for each other rank's columns."""
-        return self.triangle_tiles + (self.world - 1) * self.num_blocks**2
+        return schedule.stored_tiles(self.num_blocks, self.world)
 
     @functools.cached_property
     def sharded(self) -> bool:
         return self.world > 1
-
-    @functools.cached_property
-    def full_blocks(self) -> int:
-        """K = (W - 1) // 2: other ranks' blocks formed whole here (sharded)."""
-        return (self.world - 1) // 2
-
-    @functools.cached_property
-    def has_half(self) -> bool:
-        """Even W > 1: one block shared with rank r + W/2, split by tiles."""
-        return self.world > 1 and self.world % 2 == 0
-
-    def slot_rows(self, part: str) -> range:
-        """Rows of the radial slots: "own" (row sums by column rank offset and column block,
-        W NB), "send" (column sums of the blocks formed here, (K + half) NB), "half" (the
-        column sums of the half block received from the partner, NB)."""
-        nb = self.num_blocks
-        own = self.world * nb
-        send = (self.full_blocks + self.has_half) * nb
-        if part == "own":
-            return range(0, own)
-        if part == "send":
-            return range(own, own + send)
-        return range(own + send, own + send + self.has_half * nb)
 
     @functools.cached_property
     def accumulator(self) -> torch.dtype:
@@ -174,18 +152,6 @@ class Plan:
         """``input_precision`` of tl.dot: tf32 for the tensor-core classes, ieee otherwise
         (Triton leaves 16-bit operands as they are under "tf32")."""
         return "ieee" if self.kind == "ieee" else "tf32"
-
-
-def forward_tiles(num_blocks: int, world: int = 1, upper: bool = True) -> int:
-    """Forward tiles of one rank: its triangle NB (NB + 1) / 2, then (sharded over W ranks) K =
-    (W - 1) // 2 whole NB x NB blocks, then for even W its share of the half block: NB (NB + 1)
-    / 2 tiles on the upper rank (rank < W/2), NB (NB - 1) / 2 on the lower."""
-    triangle = num_blocks * (num_blocks + 1) // 2
-    full = (world - 1) // 2 * num_blocks**2
-    half = 0
-    if world > 1 and world % 2 == 0:
-        half = triangle if upper else triangle - num_blocks
-    return triangle + full + half
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -231,11 +197,8 @@ def make_plan(
     block = forward[0].BLOCK
     nb = math.ceil(p / block)
     p_pad = nb * block
-    upper = upper or world % 2 == 1 or world == 1  # only even W tells the two sides apart
-    tiles = forward_tiles(nb, world, upper)
-    stored = nb * (nb + 1) // 2 + (world - 1) * nb * nb
-    full, half = (world - 1) // 2, int(world > 1 and world % 2 == 0)
-    slots = (world + full + 2 * half) * nb
+    upper = upper or not schedule.has_half(world)  # only even W tells the two sides apart
+    tiles = schedule.forward_tiles(nb, world, upper)
     # one D_pad for every forward candidate: the largest K step (a multiple of every other)
     k_step = max(c.BLOCK_K for c in forward)
     d_pad = _round_up(d, k_step)
@@ -256,8 +219,8 @@ def make_plan(
         shapes.append(("split_partial", (split, tiles, block, block), acc))
     if need_grad:
         shapes += [
-            ("g", (stored, block, block), dtype),
-            ("radial_slots", (slots, p_pad), acc),
+            ("g", (schedule.stored_tiles(nb, world), block, block), dtype),
+            ("radial_slots", (schedule.radial_slots(nb, world), p_pad), acc),
             ("radial", (p_pad,), acc),
         ]
     segments: dict[str, Segment] = {}
@@ -322,12 +285,22 @@ def device_architecture(device: torch.device) -> str:
     return _architecture(index)
 
 
-def plan_for(views: int, n: int, d: int, dtype: torch.dtype, device: torch.device,
-             need_grad: bool, world: int = 1, upper: bool = True) -> Plan:  # fmt: skip
-    """The cached plan of a problem on ``device`` at the current float32 matmul precision
-    (``world``, ``upper``: one rank of the sharded mode)."""
+def plan_for(
+    views: int,
+    n: int,
+    d: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    need_grad: bool,
+    world: int = 1,
+    upper: bool = True,
+    precision: str | None = None,
+) -> Plan:
+    """The cached plan of a problem on ``device`` at ``precision`` (default: the current float32
+    matmul precision); ``world``, ``upper``: one rank of the sharded mode."""
     arch, sms = device_architecture(device), sm_count(device)
-    precision = torch.get_float32_matmul_precision()
-    if world == 1:  # the same cache key as the ops' make_plan calls of the local mode
+    if precision is None:
+        precision = torch.get_float32_matmul_precision()
+    if world == 1:  # one cache key for the local mode, whoever asks
         return make_plan(arch, sms, views, n, d, dtype, precision, need_grad)
     return make_plan(arch, sms, views, n, d, dtype, precision, need_grad, world, upper)

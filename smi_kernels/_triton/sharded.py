@@ -1,27 +1,22 @@
 """The sharded mode on the Triton kernels: one rank's share of the global S, G and dZ.
 
-The same kernels as the local mode, with ``SHARDED`` set (see :mod:`smi_kernels.sharded` for the
-math and the schedule). Rank r of W, P_pad rows a rank, NB row blocks of B:
+The same kernels as the local mode, with ``SHARDED`` set (:mod:`smi_kernels.sharded` for the
+math, :mod:`smi_kernels.schedule` for which tiles a rank forms, how it stores G and what it
+sends). Rank r of W, P_pad rows a rank, NB row blocks of B:
 
 1. standardise the rank's views into zh (P_pad, D_pad) as in the local mode;
 2. all-gather zh (padding included): ``columns`` (W, P_pad, D_pad), so a tile of columns never
    straddles two ranks;
-3. the Gram kernel over this rank's tiles (``plan.forward_tiles``): its triangle, K whole NB x NB
-   blocks of the ranks r + 1..r + K, and for even W its half of the block with rank r + W/2;
-   each writes its L_red partial, its G tile and its radial sums (row sums for this rank's
-   rows, column sums for the other rank's rows);
-4. with a gradient, point to point: each whole block's G tiles and column sums go to the rank
-   of its columns, which stores them where its own tiles for that offset would be (offset
-   W - t) and reads them transposed; the two halves of a half block are swapped likewise;
+3. the Gram kernel over this rank's tiles (``schedule.forward_tiles``): its triangle, K whole
+   NB x NB blocks of the ranks r + 1..r + K, and for even W its half of the block with rank
+   r + W/2; each writes its L_red partial, its G tile and its radial sums (row sums for this
+   rank's rows, column sums for the other rank's rows);
+4. with a gradient, point to point (``schedule.messages``): each whole block's G tiles and
+   column sums go to the rank of its columns, which stores them where its own tiles for that
+   offset would be and reads them transposed; the two halves of a half block are swapped
+   likewise;
 5. the fixed-order reduction: this rank's share (L_r, L_align,r, L_red,r) and the radial sum of
    its rows; then the shares are all-reduced.
-
-Stored G of one rank (``plan.stored_tiles``): the triangle, then one NB^2-tile slot per column
-rank offset t = 1..W-1. Slot t holds the whole block (pb, qb) row-major when this rank formed it
-(t <= K), the block its peer formed (tile (qb, pb) of the peer's frame, read transposed) for
-t >= W - K, and for the half offset the upper rank's triangle (with diagonal tiles) followed by
-the lower rank's strict triangle, each formed by one of the two and sent to the other. That is
-NB^2 (W - 1) + NB (NB + 1) / 2 tiles: this rank's P_local x P_global band of G and no more.
 
 The backward kernel walks, for its row block, every column rank offset t with the column blocks
 [0, split) read transposed and [split, NB) as stored (``split``: pb on the triangle, 0 on the
@@ -38,63 +33,38 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+from smi_kernels import flops, schedule
 from smi_kernels._triton import configs, op
-from smi_kernels._triton.plan import Plan, device_architecture, make_plan, plan_for, segment
-from smi_kernels.sharded import Communicator, Schedule
+from smi_kernels._triton.plan import Plan, plan_for, segment
+from smi_kernels.distributed import Communicator
+from smi_kernels.schedule import Schedule
 
 
-def sharded_plan(views: Sequence[Tensor], schedule: Schedule, need_grad: bool) -> Plan:
-    """The plan of one rank of ``schedule`` for its views."""
-    n, d = views[0].shape
-    return plan_for(len(views), n, d, views[0].dtype, views[0].device, need_grad,
-                    schedule.world, schedule.upper)  # fmt: skip
-
-
-def _tile_rows(plan: Plan, workspace: Tensor, first: int, count: int) -> Tensor:
-    """Stored G tiles [first, first + count) as one contiguous tensor (a view of the workspace)."""
-    return segment(workspace, plan, "g")[first : first + count]
-
-
-def _slot_rows(plan: Plan, workspace: Tensor, first: int, count: int) -> Tensor:
-    return segment(workspace, plan, "radial_slots")[first : first + count]
+def sharded_plan(
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    need_grad: bool,
+    ranks: Schedule,
+    precision: str | None = None,
+) -> Plan:
+    """The plan of one rank of ``ranks`` for views of ``shape`` (V, n, D)."""
+    v, n, d = shape
+    return plan_for(v, n, d, dtype, device, need_grad, ranks.world, ranks.upper, precision)
 
 
 def messages(
-    plan: Plan, workspace: Tensor, schedule: Schedule
+    plan: Plan, workspace: Tensor, ranks: Schedule
 ) -> tuple[list[tuple[int, Tensor]], list[tuple[int, Tensor]]]:
-    """``(sends, receives)``: the G tiles and column sums of the blocks this rank formed, to the
-    rank of their columns; the buffers (views of the workspace) the other ranks' land in."""
-    nb = plan.num_blocks
-    square = nb * nb
-    tri = plan.triangle_tiles
-    own = plan.slot_rows("own").start
-    send = plan.slot_rows("send").start
-    sends: list[tuple[int, Tensor]] = []
-    receives: list[tuple[int, Tensor]] = []
-    for t in schedule.computed:
-        peer = schedule.peer(t)
-        sends.append((peer, _tile_rows(plan, workspace, tri + (t - 1) * square, square)))
-        sends.append((peer, _slot_rows(plan, workspace, send + (t - 1) * nb, nb)))
-    for t in schedule.received:
-        peer = schedule.peer(t)
-        receives.append((peer, _tile_rows(plan, workspace, tri + (t - 1) * square, square)))
-        receives.append((peer, _slot_rows(plan, workspace, own + t * nb, nb)))
-    if schedule.has_half:
-        t = schedule.half
-        peer = schedule.peer(t)
-        base = tri + (t - 1) * square
-        upper_part = _tile_rows(plan, workspace, base, tri)
-        lower_part = _tile_rows(plan, workspace, base + tri, tri - nb)
-        mine, theirs = (upper_part, lower_part) if schedule.upper else (lower_part, upper_part)
-        sends.append((peer, mine))
-        sends.append((peer, _slot_rows(plan, workspace, send + (t - 1) * nb, nb)))
-        receives.append((peer, theirs))
-        receives.append((peer, _slot_rows(plan, workspace, plan.slot_rows("half").start, nb)))
-    # NB = 1 leaves the lower rank no tile of the half block: no message of no bytes (NB is
-    # the same on every rank, so both sides drop it)
-    sends = [(peer, tensor) for peer, tensor in sends if tensor.numel()]
-    receives = [(peer, buffer) for peer, buffer in receives if buffer.numel()]
-    return sends, receives
+    """``(sends, receives)`` of ``schedule.messages`` as views of the workspace: the G tiles and
+    column sums of the blocks this rank formed, to the rank of their columns; the buffers the
+    other ranks' land in."""
+    sends, receives = schedule.messages(ranks, plan.num_blocks)
+
+    def rows(peer: int, name: str, first: int, count: int) -> tuple[int, Tensor]:
+        return peer, segment(workspace, plan, name)[first : first + count]
+
+    return [rows(*m) for m in sends], [rows(*m) for m in receives]
 
 
 def forward(
@@ -102,24 +72,31 @@ def forward(
 ) -> tuple[Tensor, tuple[Tensor, ...], Plan]:
     """``(out, saved, plan)``: the global ``(L, L_align, L_red)`` (the shares all-reduced), and
     what the backward needs (the workspace and every rank's zh)."""
-    schedule = Schedule(comm.world_size, comm.rank)
-    plan = sharded_plan(views, schedule, need_grad)
+    ranks = Schedule(comm.world_size, comm.rank)
     device = views[0].device
-    workspace = op._allocate_workspace(plan, device)
-    out = op._allocate((3,), plan.accumulator, device)
+    plan = sharded_plan([len(views), *views[0].shape], views[0].dtype, device, need_grad, ranks)
+    workspace = op.allocate_workspace(plan, device)
+    out = op.allocate((3,), plan.accumulator, device)
     run = op.launches(plan, configs.autotune_enabled())
     seg = op.segments(workspace, plan)
     op.launch_standardize(plan, run, seg, views, eps)
     columns = comm.all_gather(segment(workspace, plan, "zh"))
-    if op._eager(device):
-        op.launch_gram(plan, run, seg, columns, schedule.rank, eps)
+    if op.eager(device):
+        op.launch_gram(plan, run, seg, columns, ranks.rank, eps)
     else:  # a dispatch mode (FlopCounterMode, ...) sees the registered op and its FLOP formula
         torch.ops.smi_kernels.smi_sharded_gram(
-            columns, workspace, [len(views), *views[0].shape], views[0].dtype,
-            torch.get_float32_matmul_precision(), need_grad, schedule.world, schedule.rank, eps,
-        )  # fmt: skip
+            columns=columns,
+            workspace=workspace,
+            z_shape=[len(views), *views[0].shape],
+            dtype=views[0].dtype,
+            precision=torch.get_float32_matmul_precision(),
+            need_grad=need_grad,
+            world=ranks.world,
+            rank=ranks.rank,
+            eps=eps,
+        )
     if need_grad:
-        comm.exchange(*messages(plan, workspace, schedule))
+        comm.exchange(*messages(plan, workspace, ranks))
     op.launch_finalize(plan, run, seg, out, lambda_param)
     out = comm.all_reduce(out)
     # the loss of the global batch: L = L_align + lambda L_red of the summed terms
@@ -137,12 +114,20 @@ def backward(
 ) -> Tensor:
     """dz (V, N, D) of this rank's views; ``grad_out`` is the all-reduced incoming gradient."""
     workspace, columns = saved
-    if op._eager(workspace.device):
+    if op.eager(workspace.device):
         return op.backward(grad_out, workspace, plan, lambda_param, eps, columns, rank)
     return torch.ops.smi_kernels.smi_sharded_backward(
-        grad_out, workspace, columns, [plan.views, plan.n, plan.d], plan.dtype,
-        _precision(plan), plan.world, rank, lambda_param, eps,
-    )  # fmt: skip
+        grad_out=grad_out,
+        workspace=workspace,
+        columns=columns,
+        z_shape=[plan.views, plan.n, plan.d],
+        dtype=plan.dtype,
+        precision=_precision(plan),
+        world=plan.world,
+        rank=rank,
+        lambda_param=lambda_param,
+        eps=eps,
+    )
 
 
 def _precision(plan: Plan) -> str:
@@ -151,16 +136,6 @@ def _precision(plan: Plan) -> str:
 
 
 # ---------------------------------------------------------------- registered ops
-
-
-def _plan_of(z_shape: Sequence[int], dtype: torch.dtype, device: torch.device, precision: str,
-             need_grad: bool, world: int, rank: int) -> Plan:  # fmt: skip
-    from smi_kernels._triton.plan import sm_count
-
-    v, n, d = z_shape
-    schedule = Schedule(world, rank)
-    return make_plan(device_architecture(device), sm_count(device), v, n, d, dtype, precision,
-                     need_grad, world, schedule.upper)  # fmt: skip
 
 
 @torch.library.custom_op("smi_kernels::smi_sharded_gram", mutates_args=("workspace",))
@@ -177,14 +152,16 @@ def smi_sharded_gram(
 ) -> None:
     """The Gram launches of rank ``rank`` of ``world`` (views of ``z_shape`` (V, n, D)) into its
     workspace, from every rank's zh ``columns``: what a dispatch mode sees of the forward."""
-    plan = _plan_of(z_shape, dtype, workspace.device, precision, need_grad, world, rank)
+    ranks = Schedule(world, rank)
+    plan = sharded_plan(z_shape, dtype, workspace.device, need_grad, ranks, precision)
     run = op.launches(plan, configs.autotune_enabled())
     op.launch_gram(plan, run, op.segments(workspace, plan), columns, rank, eps)
 
 
 @smi_sharded_gram.register_fake
-def _smi_sharded_gram_fake(columns, workspace, z_shape, dtype, precision, need_grad, world,
-                           rank, eps) -> None:  # fmt: skip
+def _smi_sharded_gram_fake(
+    columns, workspace, z_shape, dtype, precision, need_grad, world, rank, eps
+) -> None:
     return None
 
 
@@ -203,29 +180,28 @@ def smi_sharded_backward(
 ) -> Tensor:
     """dz (V, n, D) of rank ``rank`` from its workspace (the exchange done) and the summed
     incoming gradient."""
-    plan = _plan_of(z_shape, dtype, workspace.device, precision, True, world, rank)
+    ranks = Schedule(world, rank)
+    plan = sharded_plan(z_shape, dtype, workspace.device, True, ranks, precision)
     return op.backward(grad_out, workspace, plan, lambda_param, eps, columns, rank).clone()
 
 
 @smi_sharded_backward.register_fake
-def _smi_sharded_backward_fake(grad_out, workspace, columns, z_shape, dtype, precision, world,
-                               rank, lambda_param, eps) -> Tensor:  # fmt: skip
+def _smi_sharded_backward_fake(
+    grad_out, workspace, columns, z_shape, dtype, precision, world, rank, lambda_param, eps
+) -> Tensor:
     return workspace.new_empty(tuple(z_shape), dtype=dtype)
 
 
-@register_flop_formula(torch.ops.smi_kernels.smi_sharded_gram)
-def _sharded_gram_flops(columns_shape, workspace_shape, z_shape, dtype, precision, need_grad,
-                        world, *args, **kwargs) -> int:  # fmt: skip
-    from smi_kernels import flops
+# FLOP formulas: the arguments of the op, tensors as their shapes
 
+
+@register_flop_formula(torch.ops.smi_kernels.smi_sharded_gram)
+def _sharded_gram_flops(columns, workspace, z_shape, dtype, precision, need_grad, world, *_, **__):
     v, n, d = z_shape
     return 2 * flops.sharded_forward_macs(n, d, world, v)
 
 
 @register_flop_formula(torch.ops.smi_kernels.smi_sharded_backward)
-def _sharded_backward_flops(grad_shape, workspace_shape, columns_shape, z_shape, dtype,
-                            precision, world, *args, **kwargs) -> int:  # fmt: skip
-    from smi_kernels import flops
-
+def _sharded_backward_flops(grad, workspace, columns, z_shape, dtype, precision, world, *_, **__):
     v, n, d = z_shape
     return 2 * flops.sharded_backward_macs(n, d, world, v)

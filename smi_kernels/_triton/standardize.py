@@ -92,22 +92,27 @@ def pair_sums(zh, u, V: tl.constexpr, V_BLOCK: tl.constexpr):
 
 @triton.jit
 def standardize_kernel(
+    # the views: view 0, and where the others lie
     z_ptr,  # view 0 of the V views (N, D), each contiguous
     view_offset_1,  # element offsets of views 1..3 from view 0 (V <= 4)
     view_offset_2,
     view_offset_3,
     view_stride,  # element offset between consecutive views (STACKED)
-    zh_ptr,  # (P_pad, D_pad) out: standardised rows, zero padding
-    s_ptr,  # (P,) out: row scales s
-    projected_ptr,  # (P,) out: 1 where s was not clamped, else 0
-    rho_ptr,  # (V, V, N) out: rho^{uv}_i of the positive pairs
-    align_grad_ptr,  # (V, V, N) out: a^{uv}_i
-    align_ptr,  # (N,) out: L_align,i
+    # pointers out
+    zh_ptr,  # (P_pad, D_pad) standardised rows, zero padding
+    s_ptr,  # (P,) row scales s
+    projected_ptr,  # (P,) 1 where s was not clamped, else 0
+    rho_ptr,  # (V, V, N) rho^{uv}_i of the positive pairs
+    align_grad_ptr,  # (V, V, N) a^{uv}_i
+    align_ptr,  # (N,) L_align,i
+    # sizes
     N,
     D,
     D_pad,
     P,
+    # scalars
     eps,
+    # meta-parameters
     V: tl.constexpr,
     V_BLOCK: tl.constexpr,
     BLOCK_D: tl.constexpr,

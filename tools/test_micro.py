@@ -1,6 +1,6 @@
 """Micro-benchmarks on the CPU: the SMI PyTorch path against the naive reference.
 
-    pytest benchmarks/ --benchmark-only
+    pytest tools/test_micro.py --benchmark-only
 
 Two views of (N, D) = (512, 2048), float32, one step = forward + backward. The project's target:
 the PyTorch path (hand-written backward, G_sym Z in one product, no N x N temporaries kept for
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import harness  # puts the repository root on sys.path (for `reference`)
 
@@ -47,7 +47,7 @@ def _step(fn: harness.LossFn, z_a: torch.Tensor, z_b: torch.Tensor) -> Callable[
 
 @pytest.mark.benchmark(group=GROUP)
 def test_reference(benchmark, views) -> None:
-    """reference/smi.py: plain autograd."""
+    """smi_kernels.reference: plain autograd."""
     benchmark(_step(harness.SMI_REFERENCE.fn, *views))
 
 

@@ -1,14 +1,13 @@
 """Performance model of one SMI training step (forward + backward) on an H100 SXM, from shapes.
 
-    python benchmarks/model.py                          # the SPEC targets, H100 SXM rates
-    python benchmarks/model.py --write                  # + benchmarks/results/model/h100.{md,json}
-    python benchmarks/model.py --case 2048 8192 bfloat16    # per-launch detail of one problem
-    python benchmarks/model.py --device-rates rates.json --rate hbm=2.9e12    # measured rates
+    python tools/model.py               # the performance targets at the assumed H100 SXM rates
+    python tools/model.py --write       # + benchmarks/results/model/h100.{md,json}
 
 Nothing here touches a GPU: the Triton path is read from ``smi_kernels._triton.plan.make_plan``
 (tiles, split, padding, workspace: the plan the op launches with, never a copy of its numbers)
 and the baselines are traced op by op on the meta device. ``benchmarks/gpu_check.py`` prints
-these predictions next to its measurements, re-evaluated with the rates it measured.
+these predictions next to its measurements, re-evaluated with the rates it measured: what it
+needs is what this model keeps.
 
 The Triton path, per launch (V views of (N, D), P = V N, B = BLOCK, NB = P_pad / B):
 
@@ -45,12 +44,12 @@ Host time: per op, per view, per graph call. ``m[mask]`` on CUDA runs ``nonzero`
 and synchronises with the host; the step is then a sum over the segments between
 synchronisations of max(host, GPU).
 
-torch.compile of the reference (torch 2.13, found with ``torch._dynamo.explain`` on the CPU):
-the boolean-mask index inside the loop of ``smi_loss_terms`` is a graph break that makes dynamo
-skip that frame, so only ``standardize`` and ``dependency`` are compiled (each its own graph,
-one fused kernel forward reading its inputs and writing its output once, one backward reading
-the incoming gradient and the saved input and writing the input gradient); the matrix products,
-masks and reductions of ``smi_loss_terms`` run eagerly.
+torch.compile of the reference (torch 2.13, found with ``torch._dynamo.explain`` on the CPU): the
+boolean-mask index inside the loop of ``smi_loss_with_terms`` is a graph break that makes dynamo
+skip that frame, so only ``standardize`` and ``dependency`` are compiled (each its own graph, one
+fused kernel forward reading its inputs and writing its output once, one backward reading the
+incoming gradient and the saved input and writing the input gradient); the matrix products, masks
+and reductions of ``smi_loss_with_terms`` run eagerly.
 
 Peak memory: Triton path = plan.workspace_bytes + dz (P D) + the loss vector. Baselines: the
 storages alive at once, op by op (``harness.LiveMemory``), plus the scratch that CUDA kernels
@@ -67,11 +66,11 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import harness  # puts the repository root on sys.path (for `reference`)
 import torch
@@ -132,9 +131,9 @@ EPILOGUE_FLOPS_PER_ENTRY = 40
 STANDARDIZE_FLOPS_PER_ELEMENT = 16
 #: per element of the backward's row-wise epilogue (partners, radial term, 1 / s)
 BACKWARD_EPILOGUE_FLOPS_PER_ELEMENT = 8
-#: host (CPU) time of one Triton forward + backward step: the issue's budget on a modern
-#: server CPU (cached plan, two allocations, five launches). A parameter: measured without
-#: Triton's launcher by benchmarks/host_overhead.py, with it by gpu_check.py on a GPU
+#: host (CPU) time of one Triton forward + backward step: the budget on a modern server CPU
+#: (cached plan, two allocations, five launches). A parameter: measured without Triton's
+#: launcher by tools/host_overhead.py, with it by benchmarks/gpu_check.py on a GPU
 TRITON_HOST_S = 40e-6
 #: host time of one eager op: Python, dispatcher, autograd recording, the launch call
 EAGER_FORWARD_OP_HOST_S = 7e-6
@@ -230,14 +229,6 @@ def with_rates(rates: DeviceRates, **values: float) -> DeviceRates:
     return dataclasses.replace(rates, **typed, measured=measured)
 
 
-def load_rates(path: Path, base: DeviceRates = H100_SXM) -> DeviceRates:
-    """Rates from a JSON object of field -> value (e.g. written by gpu_check.py)."""
-    values = json.loads(Path(path).read_text())
-    if "rates" in values:  # gpu_check.py's measured_rates.json nests them
-        values = values["rates"]
-    return with_rates(base, **{k: v for k, v in values.items() if v is not None})
-
-
 # ------------------------------------------------------------------ estimates
 
 
@@ -250,7 +241,7 @@ class LaunchEstimate:
     programs: int
     ctas_per_sm: int
     flops: float  # what the tiles compute (padding, full diagonal tiles), matrix units
-    minimal_macs: int  # the cost model's multiply-adds of this launch (SPEC section 2)
+    minimal_macs: int  # the cost model's multiply-adds of this launch (design.md, section 2)
     cuda_core_flops: float  # element-wise work, FMA-equivalent flops
     hbm_bytes: float
     l2_bytes: float
@@ -261,13 +252,6 @@ class LaunchEstimate:
     waves: float  # programs / (sms x ctas_per_sm)
     wave_efficiency: float  # ideal compute time / the wave model's (tail effect)
     kernels: int = 1
-
-    @property
-    def bound(self) -> str:
-        """What limits the launch: compute, hbm, l2 (or launch, when that is most of it)."""
-        parts = {"compute": self.compute_s, "hbm": self.hbm_s, "l2": self.l2_s}
-        name = max(parts, key=lambda k: parts[k])
-        return "launch" if parts[name] < self.time_s - parts[name] else name
 
 
 @dataclass(frozen=True)
@@ -287,22 +271,10 @@ class StepEstimate:
     peak_bytes: int | None  # tensors alive at once + in-op scratch (what CUDA's allocator sees)
     peak_tensor_bytes: int | None  # tensors alive at once only (harness.LiveMemory)
     matmul_macs: int
-    notes: tuple[str, ...] = ()
-    summary: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kernels(self) -> int:
         return sum(launch.kernels for launch in self.launches)
-
-    def to_json(self, launches: bool = True) -> dict[str, Any]:
-        """A JSON-ready dict; ``launches=False`` leaves out the per-launch rows (a baseline's
-        are one per aten op)."""
-        out = dataclasses.asdict(self)
-        out["kernels"] = self.kernels
-        out["launches"] = (
-            [dataclasses.asdict(x) | {"bound": x.bound} for x in self.launches] if launches else []
-        )
-        return out
 
 
 def _wave_time(programs: int, ctas: int, sms: int, program_s: float, share: float) -> float:
@@ -371,7 +343,7 @@ def _estimate(
 
 def resident_ctas(rates: DeviceRates, shared: int, registers: int, num_warps: int) -> int:
     """CTAs per SM that shared memory, registers and threads allow (the rule of
-    ``benchmarks/kernel_report.py``: registers allocated per warp in units of 256, 1 KiB of
+    ``tools/kernel_report.py``: registers allocated per warp in units of 256, 1 KiB of
     shared memory reserved per CTA)."""
     per_warp = -(-max(registers, 1) * 32 // 256) * 256
     by_registers = rates.registers_per_sm // (per_warp * num_warps)
@@ -387,7 +359,7 @@ EPILOGUE_REGISTERS = 110
 
 def estimated_registers(accumulator_per_thread: float, matrix: str, epilogue: bool = True) -> int:
     """Registers per thread of a tiled kernel (nothing is compiled here). Calibrated on
-    ``benchmarks/kernel_report.py --quick --arch sm90`` (triton 3.9, the config table of
+    ``tools/kernel_report.py --quick --arch sm90`` (triton 3.9, the config table of
     commit 09e7640): wgmma kernels need their fp32 accumulator plus ``EPILOGUE_REGISTERS``
     (report: accumulator 32 -> 145-157, 64 -> 211-244 registers), twice the accumulator
     without an epilogue (split-K pieces: 32 -> 64); FMA kernels hold operand fragments, about
@@ -650,7 +622,6 @@ def triton_step(
     plan = make_plan(rates.arch, rates.sms, views, n, d, dtype, precision, True)
     launches = tuple(triton_launches(plan, rates))
     gpu = sum(launch.time_s for launch in launches)
-    fwd, bwd = plan.forward[0], plan.backward[0]
     return StepEstimate(
         key="smi_fused",
         name="SMI fused (Triton)",
@@ -666,22 +637,6 @@ def triton_step(
         peak_tensor_bytes=triton_peak_bytes(plan),
         matmul_macs=cost_model.fused_forward_macs(n, d, views)
         + cost_model.fused_backward_macs(n, d, views),
-        summary={
-            "plan": {
-                "arch": plan.arch,
-                "kind": plan.kind,
-                "BLOCK": plan.block,
-                "NB": plan.num_blocks,
-                "P_pad": plan.rows_pad,
-                "D_pad": plan.d_pad,
-                "tiles": plan.tiles,
-                "split": plan.split,
-                "k_per_split": plan.k_per_split,
-                "forward": dataclasses.asdict(fwd),
-                "backward": dataclasses.asdict(bwd),
-                "workspace_bytes": plan.workspace_bytes,
-            },
-        },
     )
 
 
@@ -882,7 +837,7 @@ BASELINES: dict[str, tuple[str, Callable[[Tensor, Tensor], Tensor]]] = {
 }
 
 #: the functions torch.compile compiles as graphs of their own in the reference (see the module
-#: docstring): ``smi_loss_terms`` itself is skipped at its boolean-mask graph break
+#: docstring): ``smi_loss_with_terms`` itself is skipped at its boolean-mask graph break
 COMPILED_REGIONS = ("standardize", "dependency")
 
 
@@ -891,7 +846,7 @@ def trace(key: str, n: int, d: int, dtype: torch.dtype) -> Trace:
     """Forward + backward of baseline ``key`` on two (n, d) views, traced on the meta device."""
     import torch.fx.experimental._config as fx_config
 
-    import reference.smi as smi_module
+    import smi_kernels.reference as smi_module
 
     fn = BASELINES[key][1]
     views = [torch.empty(n, d, device="meta", dtype=dtype, requires_grad=True) for _ in range(2)]
@@ -980,7 +935,6 @@ def baseline_step(
         if record.syncs:
             syncs += record.syncs
             segments.append([0.0, 0.0])
-    notes = []
     if compiled:
         fused: list[LaunchEstimate] = []
         for call in traced.regions:
@@ -1006,17 +960,9 @@ def baseline_step(
         # the compiled graphs run inside the first segment's host/GPU overlap
         segments[0][0] += len(traced.regions) * 1.5 * rates.compiled_graph_host_s
         segments[0][1] += sum(x.time_s for x in fused)
-        notes.append(
-            f"{len(traced.regions)} compiled graph calls ({', '.join(COMPILED_REGIONS)}), "
-            "the rest eager (dynamo skips smi_loss_terms at its boolean-mask graph break)"
-        )
     gpu = sum(x.time_s for x in launches)
     host = sum(seg[0] for seg in segments)
     time = sum(max(h, g) for h, g in segments) + syncs * rates.sync_s
-    kept = [r for r in traced.ops if not (compiled and r.region in COMPILED_REGIONS)]
-    summary = _pass_summary(kept, n, d)
-    if syncs:
-        notes.append(f"{syncs} host synchronisations (nonzero inside boolean-mask indexing)")
     return StepEstimate(
         key=key,
         name=BASELINES[key][0],
@@ -1031,44 +977,14 @@ def baseline_step(
         peak_bytes=None if compiled else traced.peak_bytes,
         peak_tensor_bytes=None if compiled else traced.peak_tensor_bytes,
         matmul_macs=sum(r.macs for r in traced.ops),
-        notes=tuple(notes),
-        summary=summary,
     )
-
-
-def _size_class(shape: tuple[int, ...], n: int, d: int) -> str:
-    """What an op writes: an N x N block (or its off-diagonal), D x D, N x D, or vectors."""
-    numel = math.prod(shape) if shape else 1
-    if numel in (n * n, n * n - n) and numel != n * d:
-        return "N x N"
-    if numel in (d * d, d * d - d, d * d - 1) and numel != n * d:
-        return "D x D"
-    if numel == n * d:
-        return "N x D"
-    return "vectors" if numel < max(n, d) ** 2 else "other"
-
-
-def _pass_summary(records: Sequence[OpRecord], n: int, d: int) -> dict[str, Any]:
-    """Kernels and bytes by phase and by the size of what the op writes: the "passes"."""
-    out: dict[str, Any] = {}
-    for record in records:
-        if record.view or not record.kernels:
-            continue
-        kind = "matmul" if record.macs else _size_class(record.shape, n, d)
-        row = out.setdefault(f"{record.phase} {kind}", {"ops": 0, "kernels": 0, "bytes": 0})
-        row["ops"] += 1
-        row["kernels"] += record.kernels
-        row["bytes"] += (
-            record.read_bytes + record.write_bytes + record.scratch_bytes * record.scratch_passes
-        )
-    return dict(sorted(out.items()))
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = harness.DTYPES
 
 #: the keys ``predict`` knows (speed.py's loss keys)
 MODELLED = ("smi_fused", *BASELINES)
@@ -1113,7 +1029,7 @@ class Case:
 
 @dataclass(frozen=True)
 class Target:
-    """One target of SPEC.md / issue 10: ``metric`` compared with ``threshold``."""
+    """One performance target: ``metric`` compared with ``threshold``."""
 
     case: Case
     metric: str
@@ -1288,20 +1204,7 @@ def evaluate_targets(rates: DeviceRates = H100_SXM) -> list[TargetRow]:
     return rows
 
 
-def weakest(rows: Sequence[TargetRow]) -> TargetRow:
-    """The target with the smallest predicted margin."""
-    return min((r for r in rows if r.margin is not None), key=lambda r: r.margin or 0.0)
-
-
 # ------------------------------------------------------------------ report
-
-
-def _us(seconds: float) -> str:
-    return f"{seconds * 1e6:,.1f}"
-
-
-def _mib(nbytes: float | None) -> str:
-    return "-" if nbytes is None else f"{nbytes / 2**20:,.1f}"
 
 
 def _value(metric: str, value: float | None) -> str:
@@ -1345,240 +1248,31 @@ def targets_table(rows: Sequence[TargetRow], measured: bool = False) -> str:
     return "\n".join(lines)
 
 
-def launches_table(step: StepEstimate) -> str:
-    """Markdown: one row per launch of the fused path."""
-    lines = [
-        "| launch | programs | CTAs/SM | waves | wave eff. | GFLOP (tiles) | GMAC (minimal) "
-        "| HBM MB | L2 MB | compute us | HBM us | L2 us | time us | bound |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for x in step.launches:
-        lines.append(
-            f"| {x.kernel} | {x.programs:,} | {x.ctas_per_sm} | {x.waves:.2f} | "
-            f"{100 * x.wave_efficiency:.0f}% | {x.flops / 1e9:,.2f} | {x.minimal_macs / 1e9:,.2f} "
-            f"| {x.hbm_bytes / 1e6:,.1f} | {x.l2_bytes / 1e6:,.1f} | {_us(x.compute_s)} | "
-            f"{_us(x.hbm_s)} | {_us(x.l2_s)} | {_us(x.time_s)} | {x.bound} |"
-        )
-    lines.append(
-        f"| **step** | | | | | | | | | | | | **{_us(step.gpu_s)}** GPU, host {_us(step.host_s)} | |"
-    )
-    return "\n".join(lines)
-
-
-def steps_table(steps: Sequence[StepEstimate]) -> str:
-    """Markdown: one row per loss of a case."""
-    lines = [
-        "| loss | kernels | matmul GMAC | GPU us | host us | step us | peak MiB "
-        "(+ in-op scratch) | peak MiB (tensors) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for s in steps:
-        lines.append(
-            f"| {s.name} | {s.kernels} | {s.matmul_macs / 1e9:,.1f} | {_us(s.gpu_s)} | "
-            f"{_us(s.host_s)} | {_us(s.time_s)} | {_mib(s.peak_bytes)} | "
-            f"{_mib(s.peak_tensor_bytes)} |"
-        )
-    return "\n".join(lines)
-
-
-def passes_table(step: StepEstimate) -> str:
-    """Markdown: a baseline's kernels and bytes by phase and size class."""
-    lines = ["| phase, writes | ops | kernels | MB moved |", "|---|---:|---:|---:|"]
-    for kind, row in step.summary.items():
-        lines.append(f"| {kind} | {row['ops']} | {row['kernels']} | {row['bytes'] / 1e6:,.1f} |")
-    return "\n".join(lines)
-
-
-ASSUMPTIONS = (
-    (
-        "bf16/fp16 tensor cores",
-        f"{BF16_ACHIEVABLE / 1e12:.0f} TFLOP/s sustained (peak {BF16_PEAK / 1e12:.1f})",
-    ),
-    ("TF32 tensor cores", f"{TF32_ACHIEVABLE / 1e12:.0f} TFLOP/s (peak {TF32_PEAK / 1e12:.1f})"),
-    (
-        "FP32 FMA (CUDA cores)",
-        f"{FP32_ACHIEVABLE / 1e12:.0f} TFLOP/s (peak {FP32_PEAK / 1e12:.1f})",
-    ),
-    ("HBM3", f"{HBM_ACHIEVABLE / 1e12:.2f} TB/s (peak {HBM_PEAK / 1e12:.2f})"),
-    (
-        "L2 bandwidth",
-        f"{L2_BANDWIDTH / 1e12:.1f} TB/s, range "
-        f"{L2_BANDWIDTH_RANGE[0] / 1e12:.0f}-{L2_BANDWIDTH_RANGE[1] / 1e12:.0f} (uncertain)",
-    ),
-    (
-        "L2 reuse",
-        f"an operand <= {L2_REUSE_BYTES / 2**20:.0f} MiB is read from HBM once per "
-        "launch; a larger one once per wave",
-    ),
-    ("launch latency", f"{LAUNCH_LATENCY_S * 1e6:.0f} us per kernel, GPU side"),
-    ("wave latency", f"{WAVE_LATENCY_S * 1e6:.0f} us per wave of a tiled kernel"),
-    ("one-warpgroup CTA", f"{WARPGROUP_SHARE:.2f} of its SM's tensor rate"),
-    ("Triton host time", f"{TRITON_HOST_S * 1e6:.0f} us per step (parameter; the issue's budget)"),
-    (
-        "eager host time",
-        f"{EAGER_FORWARD_OP_HOST_S * 1e6:.0f} us per forward op, "
-        f"{EAGER_BACKWARD_OP_HOST_S * 1e6:.0f} per backward op, {VIEW_HOST_S * 1e6:.1f} per view",
-    ),
-    (
-        "compiled graph call",
-        f"{COMPILED_GRAPH_HOST_S * 1e6:.0f} us host forward, half that backward",
-    ),
-    ("host synchronisation", f"{SYNC_S * 1e6:.0f} us each (nonzero of a boolean mask)"),
-    (
-        "boolean-mask scratch",
-        f"index {INDEX_SCRATCH_BYTES} B, index_put(accumulate) "
-        f"{INDEX_PUT_SCRATCH_BYTES} B per selected element",
-    ),
-)
-
-
-def _at_risk(rows: Sequence[TargetRow]) -> list[str]:
-    """Markdown lines naming the targets whose range crosses the threshold."""
-    risky = [
-        r for r in rows
-        if r.low is not None and r.high is not None
-        and TargetRow._passes(r.target, r.low) != TargetRow._passes(r.target, r.high)
-    ]  # fmt: skip
-    if not risky:
-        return []
-    lines = ["At risk (the range over the uncertain assumptions crosses the threshold):", ""]
-    for r in risky:
-        t = r.target
-        lines.append(
-            f"* ({t.case.label}) {t.description}: {_value(t.metric, r.low)} - "
-            f"{_value(t.metric, r.high)} against {_value(t.metric, t.threshold)}"
-        )
-    return [*lines, ""]
-
-
-def report(rates: DeviceRates = H100_SXM) -> dict[str, Any]:
-    """Targets, and the steps of every case, as a JSON-ready dict."""
-    rows = evaluate_targets(rates)
-    cases = {}
-    for case in CASES:
-        steps = predict_case(case, rates)
-        cases[case.label] = {
-            "case": dataclasses.asdict(case),
-            "gemm_roofline_s": gemm_roofline_s(case, rates),
-            "steps": {key: step.to_json(key == "smi_fused") for key, step in steps.items()},
-        }
-    worst = weakest(rows)
-    return {
-        "device": rates.name,
-        "arch": rates.arch,
-        "rates": {k: getattr(rates, k) for k in RATE_FIELDS},
-        "measured_rates": list(rates.measured),
-        "assumptions": dict(ASSUMPTIONS),
-        "targets": [row.to_json() for row in rows],
-        "weakest": {
-            "metric": worst.target.metric,
-            "case": worst.target.case.label,
-            "margin": worst.margin,
-        },
-        "cases": cases,
-    }
-
-
 def markdown(rates: DeviceRates = H100_SXM) -> str:
-    """The report as markdown (``benchmarks/results/model/h100.md``)."""
-    rows = evaluate_targets(rates)
-    worst = weakest(rows)
-    lines = [
-        f"# Performance model: {rates.name}",
-        "",
-        "Generated by `python benchmarks/model.py --write` (no GPU: shapes, the kernel plan and "
-        "the assumed rates below). `python benchmarks/gpu_check.py` measures the same targets "
-        "and re-evaluates this model with the rates it measures.",
-        "",
-        "## Targets",
-        "",
-        targets_table(rows),
-        "",
-        f"Weakest: ({worst.target.case.label}) {worst.target.description}, predicted "
-        f"{_value(worst.target.metric, worst.predicted)} against "
-        f"{_value(worst.target.metric, worst.target.threshold)} "
-        f"(margin {worst.margin:.2f}x).",
-        "",
-        *_at_risk(rows),
-        "GEMM roofline: the fused path's minimal multiply-adds (6 N^2 D for two views) at the "
-        "dense GEMM rate of the dtype, over the predicted fused step time. Peak memory: the "
-        "Triton path's workspace + dz; the baselines' tensors alive at once plus the scratch "
-        "their CUDA kernels allocate inside an op (both columns below). Range: the same "
-        "metric with the L2 bandwidth at both ends of its assumed range, and with the "
-        "baselines' peak memory with and without that in-op scratch. The rules of the model "
-        "(L2 reuse, waves, what is counted) are in the docstring of `benchmarks/model.py`.",
-        "",
-        "## Assumptions",
-        "",
-        "| what | assumed |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in ASSUMPTIONS],
-        "",
-        f"Measured rates in this evaluation: {', '.join(rates.measured) or 'none'}.",
-        "",
-    ]
-    for case in CASES:
-        steps = predict_case(case, rates)
-        fused = steps["smi_fused"]
-        plan = fused.summary["plan"]
-        lines += [
-            f"## {_case_text(case)}",
+    """The targets at ``rates`` (``benchmarks/results/model/h100.md``)."""
+    return "\n".join(
+        [
+            f"# Performance model: {rates.name}",
             "",
-            f"Plan: {plan['kind']}, BLOCK {plan['BLOCK']}, NB {plan['NB']}, tiles "
-            f"{plan['tiles']}, split {plan['split']} (K piece {plan['k_per_split']}), "
-            f"forward {plan['forward']}, backward {plan['backward']}, workspace "
-            f"{_mib(plan['workspace_bytes'])} MiB. GEMM roofline "
-            f"{_us(gemm_roofline_s(case, rates))} us.",
+            "Generated by `python tools/model.py --write` (no GPU: shapes, the kernel plan and "
+            "the assumed rates of `tools/model.py`). `python benchmarks/gpu_check.py` measures "
+            "the same targets and re-evaluates this model with the rates it measures.",
             "",
-            launches_table(fused),
+            targets_table(evaluate_targets(rates)),
             "",
-            steps_table(list(steps.values())),
+            "GEMM roofline: the fused path's minimal multiply-adds (6 N^2 D for two views) at the "
+            "dense GEMM rate of the dtype, over the predicted fused step time. Range: the same "
+            "metric with the L2 bandwidth at both ends of its assumed range, and with the "
+            "baselines' peak memory with and without the scratch their CUDA kernels allocate "
+            "inside an op. The rules of the model are in the docstring of `tools/model.py`.",
             "",
         ]
-        for key, step in steps.items():
-            if key == "smi_fused" or not step.summary:
-                continue
-            lines += [
-                f"{step.name}: {'; '.join(step.notes) or 'eager'}.",
-                "",
-                passes_table(step),
-                "",
-            ]
-    return "\n".join(lines)
-
-
-def parse_rates(args: argparse.Namespace) -> DeviceRates:
-    rates = load_rates(args.device_rates) if args.device_rates else H100_SXM
-    extra = {}
-    for item in args.rate or []:
-        key, _, value = item.partition("=")
-        extra[key] = float(value)
-    return with_rates(rates, **extra) if extra else rates
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the targets table (or one case's launches); ``--write`` writes the report."""
+    """Print the targets table; ``--write`` writes it with its JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument(
-        "--device-rates",
-        type=Path,
-        default=None,
-        help="JSON of measured rates (field -> value), e.g. gpu_check's",
-    )
-    parser.add_argument(
-        "--rate",
-        action="append",
-        metavar="FIELD=VALUE",
-        help=f"override one rate; fields: {', '.join(RATE_FIELDS)}",
-    )
-    parser.add_argument(
-        "--case",
-        nargs=3,
-        metavar=("N", "D", "DTYPE"),
-        default=None,
-        help="per-launch detail of one problem instead of the targets",
-    )
-    parser.add_argument("--precision", default="highest", help="float32 matmul precision")
     parser.add_argument(
         "--write", action="store_true", help="write benchmarks/results/model/h100.{md,json}"
     )
@@ -1586,27 +1280,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out-dir", type=Path, default=harness.REPO_ROOT / "benchmarks" / "results" / "model"
     )
     args = parser.parse_args(argv)
-    try:
-        rates = parse_rates(args)
-    except (ValueError, OSError) as error:
-        parser.error(str(error))
-    if args.case:
-        n, d, dtype = int(args.case[0]), int(args.case[1]), args.case[2]
-        case = Case("custom", n, d, dtype, args.precision)
-        steps = [predict(key, n, d, dtype, args.precision, rates) for key in MODELLED]
-        print(f"{_case_text(case)}\n\n{launches_table(steps[0])}\n\n{steps_table(steps)}")
-        return 0
-    rows = evaluate_targets(rates)
+    rows = evaluate_targets(H100_SXM)
     print(targets_table(rows))
-    worst = weakest(rows)
-    print(
-        f"\nweakest: ({worst.target.case.label}) {worst.target.description}: "
-        f"{_value(worst.target.metric, worst.predicted)} (margin {worst.margin:.2f}x)"
-    )
     if args.write:
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        (args.out_dir / "h100.md").write_text(markdown(rates) + "\n")
-        (args.out_dir / "h100.json").write_text(json.dumps(report(rates), indent=1) + "\n")
+        report = {
+            "device": H100_SXM.name,
+            "rates": {k: getattr(H100_SXM, k) for k in RATE_FIELDS},
+            "targets": [row.to_json() for row in rows],
+        }
+        (args.out_dir / "h100.md").write_text(markdown(H100_SXM))
+        (args.out_dir / "h100.json").write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.out_dir / 'h100.md'} and h100.json")
     return 0
 

@@ -1,6 +1,6 @@
 """The host side of one Triton-path training step, measured without a GPU.
 
-    python benchmarks/host_overhead.py [--n 256 --d 8192 --dtype bfloat16] [--write]
+    python tools/host_overhead.py [--n 256 --d 8192 --dtype bfloat16] [--write]
 
 At the paper's per-GPU batch (N = 256) the kernels of a step take tens of microseconds, so the
 Python and dispatch work around them decides the step time. This runs the package's real CUDA
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     spread = (result["max_us"] - result["min_us"]) / result["median_us"]
     text = (
         "# Host time of one Triton-path step (forward + backward), kernels replaced by no-ops\n\n"
-        f"`python benchmarks/host_overhead.py --n {args.n} --d {args.d} --dtype {args.dtype}` on "
+        f"`python tools/host_overhead.py --n {args.n} --d {args.d} --dtype {args.dtype}` on "
         f"{result['machine']}.\n\n"
         f"| N | D | dtype | median (us) | min (us) | max (us) | spread | launches |\n"
         f"|---|---|---|---|---|---|---|---|\n"

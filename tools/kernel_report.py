@@ -1,7 +1,7 @@
 """Compile every Triton kernel the package launches for a GPU target, on a machine without one.
 
-    python benchmarks/kernel_report.py                  # the full matrix, sm_90 and sm_80
-    python benchmarks/kernel_report.py --quick          # the default configs only
+    python tools/kernel_report.py                  # the full matrix, sm_90 and sm_80
+    python tools/kernel_report.py --quick          # the default configs only
 
 For each launch of a problem, the launch is recorded exactly as ``smi_kernels._triton.op`` makes
 it (its plan, its arguments, its constexprs and options: the op's own host functions run with
@@ -136,13 +136,20 @@ class Launch:
     def name(self) -> str:
         return self.kernel.fn.__name__
 
+    @property
+    def meta(self) -> dict:
+        """The meta-parameters and compile options: the keyword arguments that are not the
+        kernel's runtime arguments (pointers, sizes, scalars)."""
+        runtime = {param.name for param in self.kernel.params if not param.is_constexpr}
+        return {k: v for k, v in self.kwargs.items() if k not in runtime}
+
 
 @contextmanager
 def recording() -> Iterator[list[Launch]]:
     """Capture JIT launches (and stand-in allocations) instead of running them."""
     launches: list[Launch] = []
     jit_run = triton.runtime.jit.JITFunction.run
-    allocate = op._allocate
+    allocate = op.allocate
 
     def record(self, *args, grid, warmup, **kwargs):
         launches.append(Launch(self, tuple(grid), args, dict(kwargs)))
@@ -152,13 +159,13 @@ def recording() -> Iterator[list[Launch]]:
         return StandIn(first.dtype, (len(tensors), *first.shape), 1 << 26)
 
     triton.runtime.jit.JITFunction.run = record
-    op._allocate = lambda shape, dtype, device: StandIn(dtype, tuple(shape), 1 << 24)
+    op.allocate = lambda shape, dtype, device: StandIn(dtype, tuple(shape), 1 << 24)
     torch_stack, torch.stack = torch.stack, stack
     try:
         yield launches
     finally:
         triton.runtime.jit.JITFunction.run = jit_run
-        op._allocate = allocate
+        op.allocate = allocate
         torch.stack = torch_stack
 
 
@@ -311,7 +318,7 @@ def report_launch(launch: Launch, arch: str) -> dict[str, Any]:
     """Compile one launch for ``arch`` and measure it."""
     limit = LIMITS[arch]
     row: dict[str, Any] = {"kernel": launch.name, "grid": list(launch.grid)}
-    row["config"] = {k: v for k, v in launch.kwargs.items() if k.isupper() or k.startswith("num_")}
+    row["config"] = {k: v for k, v in launch.meta.items() if k.isupper() or k.startswith("num_")}
     try:
         compiled, log = compile_launch(launch, limit["cc"])
     except Exception as error:  # a config that cannot compile is a finding, not a crash
@@ -401,7 +408,7 @@ def run(
                     for launch in record_step(variant):
                         if kernels is not None and launch.name not in kernels:
                             continue
-                        key = (launch.name, json.dumps(launch.kwargs, sort_keys=True, default=str))
+                        key = (launch.name, json.dumps(launch.meta, sort_keys=True, default=str))
                         if label != "default" and key in seen:
                             continue
                         seen.add(key)
@@ -529,7 +536,7 @@ def main(argv=None) -> int:
     totals = summary(rows)
     header = (
         f"# Kernel compile report: triton {triton.__version__}, torch {torch.__version__}\n\n"
-        f"`python benchmarks/kernel_report.py{' --quick' if args.quick else ''}` "
+        f"`python tools/kernel_report.py{' --quick' if args.quick else ''}` "
         f"({elapsed:.0f} s, no GPU). Targets: {', '.join(args.arch)}. Each launch of a "
         "forward + backward step compiled as the op makes it; registers and spills from "
         "ptxas -v, shared memory from the compiled metadata.\n\n"
