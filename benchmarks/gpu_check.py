@@ -1106,7 +1106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "environment", lambda: stage_environment(device, out_dir), errors_log, ENVIRONMENT_S
     )
     write()
-    warm_imports()
+    try:
+        warm_imports()
+    except Exception as error:  # the stage that needs the module reports it in its slot
+        print(f"[gpu_check] an import failed before the stages: {type(error).__name__}: {error}")
     # the stages share what is left of the budget after the start, less the last write's
     shares = SMOKE_SHARES if args.cpu_smoke else SHARES
     ends.update(schedule(time.monotonic(), start + budget * (1 - RESERVE), running, shares))
