@@ -81,7 +81,7 @@ class Study:
 
     methods: list[str]
     seeds: int = 5
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 64
     proj_dim: int = 256
     width: int = 32
@@ -131,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> Study:
     )
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated SSL methods")
     p.add_argument("--seeds", type=int, default=5, help="seeds of the final runs, per method")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the data, every run")
+    p.add_argument("--epochs", type=int, default=8, help="passes over the data, every run")
     p.add_argument("--batch-size", type=int, default=64, help="signals per step (N; two views)")
     p.add_argument("--proj-dim", type=int, default=256, help="projector width D")
     p.add_argument("--width", type=int, default=32, help="channels of the first conv block")
