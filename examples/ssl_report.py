@@ -129,13 +129,19 @@ def markdown(results: dict, labels: dict[str, str]) -> str:
             "The std of the L2-normalised embeddings, last epoch, times sqrt(D) (1: as spread as "
             "a random direction; 0: collapsed).",
             "",
-            "| lambda | validation linear (%) | embedding std x sqrt(D) | redundancy / alignment |",
-            "|---|---|---|---|",
+            "| lambda | in the grid | validation linear (%) | embedding std x sqrt(D) | "
+            "redundancy / alignment |",
+            "|---|---|---|---|---|",
         ]
-        for v, a, s, r in zip(
-            lam["values"], lam["val_linear"], lam["std_sqrt_d"], lam["ratio"], strict=True
+        for v, g, a, s, r in zip(
+            lam["values"],
+            lam["in_grid"],
+            lam["val_linear"],
+            lam["std_sqrt_d"],
+            lam["ratio"],
+            strict=True,
         ):
-            out.append(f"| {v:g} | {pct(a)} | {s:.3f} | {r:.3g} |")
+            out.append(f"| {v:g} | {'yes' if g else 'no'} | {pct(a)} | {s:.3f} | {r:.3g} |")
         eps = results["eps_sweep"]
         out += [
             "",
@@ -225,9 +231,11 @@ def plot_lambda_std(results: dict, path: Path) -> None:
     sweep = results["lambda_sweep"]
     d = results["config"]["proj_dim"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for value, curve in zip(sweep["values"], sweep["std_curves"], strict=True):
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(sweep["values"])))
+    for value, curve, colour in zip(sweep["values"], sweep["std_curves"], colours, strict=True):
         epochs = np.arange(1, len(curve) + 1)
-        ax.plot(epochs, np.asarray(curve) * math.sqrt(d), marker="o", ms=3, label=f"λ = {value:g}")
+        std = np.asarray(curve) * math.sqrt(d)
+        ax.plot(epochs, std, marker="o", ms=3, color=colour, label=f"λ = {value:g}")
     ax.axhline(1.0, color="grey", ls="--", lw=0.8, label="1/sqrt(D): spread out")
     ax.set_ylim(bottom=0)
     ax.set_xlabel("epoch")

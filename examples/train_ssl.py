@@ -89,7 +89,8 @@ class Study:
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
     eps_values: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
-    short_grid: bool = False  # each method's default (its grid's middle value) and last value
+    short_grid: bool = False  # each method's first and last grid value only
+    lambda_extra: tuple[float, ...] = (1e-4, 1e-3)  # SMI's lambda sweep beyond its grid
     max_steps: int = 0  # cap on steps per epoch (0: full passes)
     n_train: int = 0  # 0: every training signal; else a subset (smoke)
     n_test: int = 0
@@ -114,13 +115,13 @@ class Study:
 
     def grid(self, method: str) -> tuple[float, ...]:
         values = METHODS[method].grid
-        return (values[len(values) // 2], values[-1]) if self.short_grid else values
+        return (values[0], values[-1]) if self.short_grid else values
 
 
 SMOKE = {
     "seeds": 2, "epochs": 3, "batch_size": 32, "proj_dim": 128, "width": 8, "max_steps": 6,
     "n_train": 800, "n_test": 400, "shots": 5, "draws": 2, "k": 5, "short_grid": True,
-    "eps_values": (1e-6, 1e-4, 1e-2),
+    "lambda_extra": (1e-4,), "eps_values": (1e-6, 1e-4, 1e-2),
 }  # fmt: skip
 
 
@@ -220,20 +221,34 @@ def plan(study: Study, n_fit: int, n_train: int) -> dict[str, int]:
     grid_steps = study.epochs * study.run("smi", 0, 0).steps_per_epoch(n_fit)
     final_steps = study.epochs * study.run("smi", 0, 0).steps_per_epoch(n_train)
     grid_runs = len(study.grid(study.methods[0]))
-    eps_runs = len(study.eps_values) - 1 if "smi" in study.methods else 0
-    total = (len(study.methods) * grid_runs + eps_runs) * grid_steps
+    eps_runs = lambda_runs = 0
+    if "smi" in study.methods:
+        eps_runs = len(study.eps_values) - 1
+        lambda_runs = len(set(study.lambda_extra) - set(study.grid("smi")))
+    total = (len(study.methods) * grid_runs + eps_runs + lambda_runs) * grid_steps
     total += (len(study.methods) + 1) * study.seeds * final_steps  # SSL and supervised
     return {
         "grid_steps": grid_steps,
         "final_steps": final_steps,
         "grid_runs_per_method": grid_runs,
         "eps_runs": eps_runs,
+        "lambda_extra_runs": lambda_runs,
         "total_steps": total,
     }
 
 
 def last_std(history: dict) -> float:
     return history["embed_std"][-1] if history["embed_std"] else float("nan")
+
+
+def validate(study, run: RunConfig, fit: Split, val: Split, device, progress: Progress):
+    """Train ``run`` on the fit split; its linear-probe accuracy on the validation split and
+    its history (without the per-step gradient norms)."""
+    encoder, hist = train(run, fit.x, fit.y, device, progress.tick)
+    f_fit, f_val = features(encoder, fit.x, device), features(encoder, val.x, device)
+    acc = evaluate(f_fit, fit.y, f_val, val.y, study.probe, run.seed, linear_only=True)["linear"]
+    hist.pop("grad_norm_steps")
+    return acc, hist
 
 
 def run_grids(study, fit: Split, val: Split, device, progress: Progress) -> dict:
@@ -245,10 +260,7 @@ def run_grids(study, fit: Split, val: Split, device, progress: Progress) -> dict
         entry = {"param": method.param, "values": [], "val_linear": [], "histories": []}
         for value in study.grid(name):
             progress.stage(f"grid {name} {method.param}={value:g}")
-            encoder, hist = train(study.run(name, value, 0), fit.x, fit.y, device, progress.tick)
-            f_fit, f_val = features(encoder, fit.x, device), features(encoder, val.x, device)
-            acc = evaluate(f_fit, fit.y, f_val, val.y, study.probe, 0, linear_only=True)["linear"]
-            hist.pop("grad_norm_steps")
+            acc, hist = validate(study, study.run(name, value, 0), fit, val, device, progress)
             entry["values"].append(value)
             entry["val_linear"].append(acc)
             entry["histories"].append(hist)
@@ -260,32 +272,38 @@ def run_grids(study, fit: Split, val: Split, device, progress: Progress) -> dict
 
 
 def sweeps(study, grids: dict, fit: Split, val: Split, device, progress: Progress):
-    """SMI's lambda sweep (its grid, at eps = 1e-4) and eps sweep (at the chosen lambda; the
-    eps = 1e-4 point is the grid's run). Guidance only: the final SMI runs keep eps = 1e-4."""
+    """SMI's lambda sweep at eps = 1e-4 (its grid's runs and ``study.lambda_extra``) and eps
+    sweep at the chosen lambda (the eps = 1e-4 point is the grid's run), scored as the grid is.
+    Guidance only: the extra points choose nothing, and the final SMI runs keep eps = 1e-4."""
     g = grids["smi"]
-    d = study.proj_dim
+    root_d = math.sqrt(study.proj_dim)
+    runs = dict(zip(g["values"], zip(g["val_linear"], g["histories"], strict=True), strict=True))
+    for value in study.lambda_extra:
+        if value not in runs:
+            progress.stage(f"lambda sweep lambda={value:g}")
+            runs[value] = validate(study, study.run("smi", value, 0), fit, val, device, progress)
+            progress.log(f"lambda sweep lambda={value:<7g} validation linear {runs[value][0]:.3f}")
+    values = sorted(runs)
     lam = {
-        "values": g["values"],
-        "val_linear": g["val_linear"],
-        "std_curves": [h["embed_std"] for h in g["histories"]],
-        "std_sqrt_d": [last_std(h) * math.sqrt(d) for h in g["histories"]],
-        "ratio": [h["ratio"][-1] for h in g["histories"]],
+        "values": values,
+        "in_grid": [v in g["values"] for v in values],
+        "val_linear": [runs[v][0] for v in values],
+        "std_curves": [runs[v][1]["embed_std"] for v in values],
+        "std_sqrt_d": [last_std(runs[v][1]) * root_d for v in values],
+        "ratio": [runs[v][1]["ratio"][-1] for v in values],
     }
-    best = g["values"].index(g["winner"])
     eps = {"lambda": g["winner"], "values": [], "val_linear": [], "std_sqrt_d": [], "rho_opt": []}
     for value in study.eps_values:
         if value == EPS_DEFAULT:
-            acc, hist = g["val_linear"][best], g["histories"][best]
+            acc, hist = runs[g["winner"]]
         else:
             progress.stage(f"eps sweep eps={value:g}")
             run = study.run("smi", g["winner"], 0, eps=value)
-            encoder, hist = train(run, fit.x, fit.y, device, progress.tick)
-            f_fit, f_val = features(encoder, fit.x, device), features(encoder, val.x, device)
-            acc = evaluate(f_fit, fit.y, f_val, val.y, study.probe, 0, linear_only=True)["linear"]
+            acc, hist = validate(study, run, fit, val, device, progress)
             progress.log(f"eps sweep eps={value:<7g} validation linear {acc:.3f}")
         eps["values"].append(value)
         eps["val_linear"].append(acc)
-        eps["std_sqrt_d"].append(last_std(hist) * math.sqrt(d))
+        eps["std_sqrt_d"].append(last_std(hist) * root_d)
         eps["rho_opt"].append(math.sqrt(1 + value - math.exp(-2)))
     return lam, eps
 
@@ -394,9 +412,9 @@ def smoke_checks(results: dict, paths: list[Path]) -> list[str]:
                 if not 0.2 <= acc <= 1.0:
                     problems.append(f"{name}: {metric} accuracy {acc} out of [0.2, 1]")
     if "smi" in results["grid"]:
-        grid = results["grid"]["smi"]
-        hist = results["grid_histories"]["smi"][grid["values"].index(5e-3)]
-        # at the default lambda the alignment term falls about sevenfold in these 18 steps
+        hist = results["grid_histories"]["smi"][0]
+        # at the grid's first lambda (5e-3, the package default) the alignment term falls about
+        # sevenfold in these 18 steps
         if not hist["alignment"][-1] < 0.5 * hist["alignment"][0]:
             problems.append(f"SMI alignment did not fall: {hist['alignment']}")
         for loss, align, red in zip(
