@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 METRICS = ("linear", "few_shot", "knn")
+PROBE_NAMES = {"linear": "linear", "few_shot": "few-shot", "knn": "k-NN"}
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -93,10 +94,10 @@ def markdown(results: dict, labels: dict[str, str]) -> str:
         for m in METRICS:
             d = p[m]
             per_seed = ", ".join(f"{100 * x:+.1f}" for x in d["diffs"])
+            spread = f"{100 * d['mean']:+.1f} ± {100 * d['std']:.1f}"
             out.append(
-                f"| {m} | {per_seed} | {100 * d['mean']:+.1f} ± {100 * d['std']:.1f} | "
-                f"{100 * d['min']:+.1f} | {100 * d['max']:+.1f} | {d['positive']} of "
-                f"{len(d['diffs'])} |"
+                f"| {PROBE_NAMES[m]} | {per_seed} | {spread} | {100 * d['min']:+.1f} | "
+                f"{100 * d['max']:+.1f} | {d['positive']} of {len(d['diffs'])} |"
             )
     if "separation" in results:
         s = results["separation"]
@@ -230,7 +231,7 @@ def plot_lambda_std(results: dict, path: Path) -> None:
     """Std of the normalised embeddings over training, one line per lambda of the SMI sweep."""
     sweep = results["lambda_sweep"]
     d = results["config"]["proj_dim"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
     colours = plt.cm.viridis(np.linspace(0, 0.9, len(sweep["values"])))
     for value, curve, colour in zip(sweep["values"], sweep["std_curves"], colours, strict=True):
         epochs = np.arange(1, len(curve) + 1)
@@ -241,7 +242,7 @@ def plot_lambda_std(results: dict, path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("std(z / |z|) x sqrt(D)")
     ax.set_title(f"SMI: embedding spread over training (eps = 1e-4, D = {d})")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _save(fig, path)
 
 
@@ -252,17 +253,22 @@ def plot_lambda_accuracy(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
     acc = 100 * np.asarray(lam["val_linear"])
-    ax.plot(lam["std_sqrt_d"], acc, "o-")
-    for v, s, a in zip(lam["values"], lam["std_sqrt_d"], acc, strict=True):
-        ax.annotate(f"λ={v:g}", (s, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.plot(lam["std_sqrt_d"], acc, "-", color="grey", lw=0.8)
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(acc)))
+    for v, s, a, colour in zip(lam["values"], lam["std_sqrt_d"], acc, colours, strict=True):
+        ax.plot(s, a, "o", color=colour, label=f"λ = {v:g}")
+    ax.legend(fontsize=8)
     ax.set_xlabel("std(z / |z|) x sqrt(D), last epoch")
     ax.set_ylabel("validation linear accuracy (%)")
-    ax.set_title("SMI: accuracy against embedding spread (lambda sweep)")
+    ax.set_title("SMI: accuracy against embedding spread (lambda sweep)", fontsize=10)
     ax = axes[1]
-    ax.semilogx(eps["values"], 100 * np.asarray(eps["val_linear"]), "o-")
+    eps_acc = 100 * np.asarray(eps["val_linear"])
+    ax.semilogx(eps["values"], eps_acc, "o-")
+    centre = float(np.nanmean(eps_acc))
+    ax.set_ylim(centre - 5, centre + 5)  # the same 10-point window at every scale of noise
     ax.set_xlabel("eps")
     ax.set_ylabel("validation linear accuracy (%)")
-    ax.set_title(f"SMI: eps sweep (λ = {eps['lambda']:g})")
+    ax.set_title(f"SMI: eps sweep (λ = {eps['lambda']:g}; one seed a point)", fontsize=10)
     _save(fig, path)
 
 

@@ -15,7 +15,7 @@ SMI's lambda sweep, accuracy against that spread (and the eps sweep), redundancy
 training, and the eigenspectrum of every method's features.
 
     pip install -e ".[examples]"     # mnist1d, scikit-learn, matplotlib, tqdm, numpy
-    python examples/train_ssl.py     # the committed study: examples/results/ (CPU, ~30 min)
+    python examples/train_ssl.py     # the committed study: examples/results/ (2-core CPU: ~20 min)
     python examples/train_ssl.py --device cuda
     python examples/train_ssl.py --smoke   # the whole pipeline on a tiny budget (< 1 min)
 
