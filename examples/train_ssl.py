@@ -1,51 +1,49 @@
-"""Self-supervised training with SMILoss (and Barlow Twins for comparison) on sklearn's digits.
+"""Self-supervised study on MNIST-1D: SMI against Barlow Twins, VICReg and NT-Xent.
 
-A small convolutional encoder and the paper's three-layer projector (Linear-BN-ReLU,
-Linear-BN-ReLU, Linear) see two augmented views of every image (random resized crop, shift,
-Gaussian noise) of scikit-learn's bundled 8x8 digits, upsampled (no download). After training,
-a linear probe (logistic regression on the frozen encoder's features, held-out split) measures
-what each loss learned, against the same encoder at random initialisation.
+A small 1-D CNN encoder and the paper's projector (Linear-BN-ReLU, Linear-BN-ReLU, Linear, width
+D = 4 N) learn from two augmented views of MNIST-1D signals (generated offline by the ``mnist1d``
+package and cached; augmentations from MNIST-1D's own family, in torch). Every SSL method gets
+the same training budget and the same hyperparameter grid budget (one parameter, five values,
+chosen on a validation split of the training set); then each trains on the whole training set
+with several seeds, and the frozen encoder's features (not the projector's) are read on the test
+split by a linear probe on every label, a few-shot linear probe and k-NN. Anchors: the same
+encoder untrained (random init) and trained supervised (upper bound).
 
-Per epoch it logs the loss terms (``SMILoss.forward_with_terms``: loss, alignment, redundancy),
-the std across the batch of the L2-normalised embeddings (collapse drives it to 0; a spread-out
-embedding sits near 1/sqrt(D)), the redundancy-to-alignment ratio ``lambda * L_red / L_align``
-and the gradient norm, and writes the curves to ``<out-dir>/train_ssl_curves.png``.
+Written to ``--out-dir``: ``train_ssl.json`` (every number), ``train_ssl.md`` (the tables) and
+plots: gradient norm over training (SMI vs Barlow Twins), embedding spread over training across
+SMI's lambda sweep, accuracy against that spread (and the eps sweep), redundancy / alignment over
+training, and the eigenspectrum of every method's features.
 
-    pip install -e ".[examples]"          # scikit-learn, matplotlib, tqdm, numpy
-    python examples/train_ssl.py          # SMI and Barlow Twins; a few minutes on 2 CPU cores
-    python examples/train_ssl.py --device cuda --epochs 100
-    python examples/train_ssl.py --losses smi --lambda-param 5e-3 --eps 1e-4
+    pip install -e ".[examples]"     # mnist1d, scikit-learn, matplotlib, tqdm, numpy
+    python examples/train_ssl.py     # the committed study: examples/results/ (2-core CPU: ~20 min)
+    python examples/train_ssl.py --device cuda
+    python examples/train_ssl.py --smoke   # the whole pipeline on a tiny budget (< 1 min)
 
-The Barlow Twins comparison uses ``reference/barlow.py`` of the smi-kernels repository; a copy of
-this script outside the repository trains SMI alone (``--losses smi``).
+Barlow Twins, VICReg and NT-Xent come from ``reference/`` of the smi-kernels repository; a copy
+of this script outside the repository studies SMI alone (``--methods smi``).
 """
 
 from __future__ import annotations
 
+import os
+
+# Busy-waiting OpenMP threads make this small model several times slower on a machine that
+# another busy process shares; passive waiting avoids that. Set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import math
-import os
 import sys
+import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# Busy-waiting OpenMP threads make this small model several times slower on a 2-core machine
-# that another busy process shares (each parallel region spins on a descheduled peer); passive
-# waiting avoids that. It must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 try:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib  # noqa: F401
     import numpy as np
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.preprocessing import StandardScaler
+    import sklearn  # noqa: F401
     from tqdm import tqdm
 except ImportError as missing:
     raise SystemExit(
@@ -54,416 +52,448 @@ except ImportError as missing:
     ) from missing
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from ssl_data import Split, fingerprint, load_mnist1d, validation_split
+from ssl_report import components_for, markdown, mean_std, paired, roughness, write_plots
+from ssl_train import (
+    ANCHORS,
+    METHODS,
+    ProbeConfig,
+    RunConfig,
+    eigenspectrum,
+    evaluate,
+    features,
+    make_encoder,
+    reference_losses,
+    train,
+)
 
 from smi_kernels import SMILoss
 
-LOSSES = ("smi", "barlow")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PREFIX = "train_ssl"
+EPS_DEFAULT = 1e-4
+LABELS = {**{name: m.label for name, m in METHODS.items()}, **ANCHORS}
 
 
-# --------------------------------------------------------------------------------------- data
-def load_images(size: int, seed: int) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray]:
-    """Digits upsampled to size x size in [0, 1]; a stratified 70/30 train/test split."""
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    idx_train, idx_test = train_test_split(
-        np.arange(len(images)), test_size=0.3, random_state=seed, stratify=digits.target
-    )
-    return images[idx_train], images[idx_test], digits.target[idx_train], digits.target[idx_test]
+@dataclass
+class Study:
+    """Everything that decides what the study trains and how it reads the encoders out."""
+
+    methods: list[str]
+    seeds: int = 5
+    epochs: int = 8
+    batch_size: int = 64
+    proj_dim: int = 256
+    width: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    eps_values: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+    short_grid: bool = False  # each method's first and last grid value only
+    lambda_extra: tuple[float, ...] = (1e-4, 1e-3)  # SMI's lambda sweep beyond its grid
+    max_steps: int = 0  # cap on steps per epoch (0: full passes)
+    n_train: int = 0  # 0: every training signal; else a subset (smoke)
+    n_test: int = 0
+    shots: int = 10
+    draws: int = 10
+    k: int = 10
+    device: str = "cpu"
+    out_dir: Path = RESULTS_DIR
+    smoke: bool = False
+    render_only: bool = False
+    probe: ProbeConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.probe = ProbeConfig(self.shots, self.draws, self.k)
+
+    def run(self, method: str, value: float | None, seed: int, eps: float = EPS_DEFAULT):
+        """The :class:`RunConfig` of one run under this study's shared budget."""
+        return RunConfig(
+            method, value, eps, seed, self.epochs, self.batch_size, self.proj_dim, self.width,
+            self.lr, self.weight_decay, self.max_steps,
+        )  # fmt: skip
+
+    def grid(self, method: str) -> tuple[float, ...]:
+        values = METHODS[method].grid
+        return (values[0], values[-1]) if self.short_grid else values
 
 
-def augment(x: Tensor, gen: torch.Generator, noise: float = 0.1) -> Tensor:
-    """One random view per image: resized crop (scale 0.5-1, aspect 3/4-4/3), shift, noise.
-
-    The crop and the shift are one affine resampling per image (``grid_sample``); the shift moves
-    the crop centre by up to 15% of the image. Randomness comes from ``gen`` (on the CPU).
-    """
-    b = x.shape[0]
-
-    def uniform(lo: float, hi: float) -> Tensor:
-        return (lo + (hi - lo) * torch.rand(b, generator=gen)).to(x.device)
-
-    scale = uniform(0.5, 1.0)  # fraction of the area kept
-    log_ratio = uniform(math.log(3 / 4), math.log(4 / 3))
-    ratio = torch.exp(log_ratio)
-    width = torch.sqrt(scale * ratio).clamp(max=1.0)
-    height = torch.sqrt(scale / ratio).clamp(max=1.0)
-    # the crop's centre, anywhere the crop still fits, plus a shift of up to 15% of the image
-    cx = (1.0 - width) * uniform(-1.0, 1.0) + uniform(-0.3, 0.3)
-    cy = (1.0 - height) * uniform(-1.0, 1.0) + uniform(-0.3, 0.3)
-    theta = torch.zeros(b, 2, 3, device=x.device)
-    theta[:, 0, 0], theta[:, 0, 2] = width, cx
-    theta[:, 1, 1], theta[:, 1, 2] = height, cy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    view = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    eps = torch.randn(view.shape, generator=gen).to(x.device)
-    return view + noise * eps
+SMOKE = {
+    "seeds": 2, "epochs": 3, "batch_size": 32, "proj_dim": 128, "width": 8, "max_steps": 6,
+    "n_train": 800, "n_test": 400, "shots": 5, "draws": 2, "k": 5, "short_grid": True,
+    "lambda_extra": (1e-4,), "eps_values": (1e-6, 1e-4, 1e-2),
+}  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------- models
-class Encoder(nn.Module):
-    """Three 3x3 conv blocks (the last two strided) and global average pooling."""
-
-    def __init__(self, width: int = 32) -> None:
-        super().__init__()
-
-        def block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-            )
-
-        self.features = nn.Sequential(
-            block(1, width, 1), block(width, 2 * width, 2), block(2 * width, 4 * width, 2)
-        )
-        self.out_dim = 4 * width
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.features(x).mean(dim=(2, 3))
-
-
-def projector(in_dim: int, dim: int) -> nn.Sequential:
-    """The paper's projector: Linear-BN-ReLU, Linear-BN-ReLU, Linear."""
-    return nn.Sequential(
-        nn.Linear(in_dim, dim, bias=False),
-        nn.BatchNorm1d(dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(dim, dim, bias=False),
-        nn.BatchNorm1d(dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(dim, dim, bias=False),
-    )
-
-
-def make_encoder(seed: int, width: int) -> Encoder:
-    torch.manual_seed(seed)  # every run (and the random baseline) starts from the same weights
-    return Encoder(width)
-
-
-# --------------------------------------------------------------------------------------- loss
-def barlow_reference():
-    """``(barlow_twins_loss, batch_standardize)`` from the repository's reference/barlow.py."""
-    repo = Path(__file__).resolve().parents[1]
-    if (repo / "reference").is_dir() and str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))  # run from the repository
-    try:
-        from reference.barlow import barlow_twins_loss, batch_standardize
-    except ImportError as exc:  # run from a copy outside the repository
-        raise SystemExit(
-            "the Barlow Twins comparison needs reference/barlow.py from the smi-kernels "
-            "repository (run the script from a clone); pass --losses smi to train SMI only"
-        ) from exc
-    return barlow_twins_loss, batch_standardize
-
-
-class LossWithTerms:
-    """``(loss, alignment, redundancy, lambda)`` for SMI or the reference Barlow Twins loss."""
-
-    def __init__(self, name: str, args: argparse.Namespace) -> None:
-        self.name = name
-        if name == "smi":
-            self.smi = SMILoss(lambda_param=args.lambda_param, eps=args.eps)
-            self.lambda_param = args.lambda_param
-        else:
-            barlow_twins_loss, batch_standardize = barlow_reference()
-            self.barlow = barlow_twins_loss
-            self.standardize = batch_standardize
-            self.lambda_param = args.barlow_lambda
-
-    def __call__(self, z_a: Tensor, z_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self.name == "smi":
-            return self.smi.forward_with_terms(z_a, z_b)
-        loss = self.barlow(z_a, z_b, lambda_param=self.lambda_param)
-        # the two Barlow terms, for the log only: on-diagonal (1 - C_ii)^2, off-diagonal C_ij^2
-        with torch.no_grad():
-            n = z_a.shape[0]
-            c = self.standardize(z_a).T @ self.standardize(z_b) / n
-            on = (torch.diagonal(c) - 1).pow(2).sum()
-            off = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
-        return loss, on, off
-
-
-def normalised_std(z: Tensor) -> float:
-    """Mean over features of the std across the batch of the L2-normalised embeddings."""
-    return F.normalize(z.detach().float(), dim=1).std(dim=0).mean().item()
-
-
-# ---------------------------------------------------------------------------------- training
-def train(name: str, args: argparse.Namespace, train_x: Tensor) -> tuple[Encoder, dict]:
-    device = torch.device(args.device)
-    encoder = make_encoder(args.seed, args.width).to(device)
-    torch.manual_seed(args.seed + 1)
-    head = projector(encoder.out_dim, args.proj_dim).to(device)
-    params = [*encoder.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    criterion = LossWithTerms(name, args)
-    gen = torch.Generator().manual_seed(args.seed + 2)
-    data = train_x.to(device)
-    steps_per_epoch = len(data) // args.batch_size
-    if args.max_steps:
-        steps_per_epoch = min(steps_per_epoch, args.max_steps)
-    total = args.epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.lr, total_steps=total, pct_start=0.1
-    )
-    keys = ("loss", "alignment", "redundancy", "ratio", "embed_std", "grad_norm")
-    history: dict[str, list[float]] = {k: [] for k in keys}
-    encoder.train()
-    head.train()
-    bar = tqdm(total=total, desc=f"{name:>6}", file=sys.stderr, dynamic_ncols=True)
-    for epoch in range(args.epochs):
-        sums = dict.fromkeys(keys, 0.0)
-        order = torch.randperm(len(data), generator=gen).to(device)
-        for step in range(steps_per_epoch):
-            x = data[order[step * args.batch_size : (step + 1) * args.batch_size]]
-            x_a, x_b = augment(x, gen, args.noise), augment(x, gen, args.noise)
-            z = head(encoder(torch.cat([x_a, x_b])))
-            z_a, z_b = z.chunk(2)
-            loss, align, red = criterion(z_a, z_b)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
-            optimizer.step()
-            schedule.step()
-            values = {
-                "loss": loss.item(),
-                "alignment": align.item(),
-                "redundancy": red.item(),
-                "ratio": criterion.lambda_param * red.item() / max(align.item(), 1e-30),
-                "embed_std": normalised_std(z_a),
-                "grad_norm": grad_norm.item(),
-            }
-            for k, v in values.items():
-                sums[k] += v
-            bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{values['loss']:.4g}")
-        for k in keys:
-            history[k].append(sums[k] / steps_per_epoch)
-        tqdm.write(
-            f"[{name}] epoch {epoch + 1:3d}  loss {history['loss'][-1]:9.4f}  "
-            f"align {history['alignment'][-1]:9.4f}  red {history['redundancy'][-1]:10.2f}  "
-            f"lambda*red/align {history['ratio'][-1]:7.3f}  "
-            f"std(z/|z|) {history['embed_std'][-1]:.4f}  grad {history['grad_norm'][-1]:8.3f}",
-            file=sys.stderr,
-        )
-    bar.close()
-    return encoder, history
-
-
-# ------------------------------------------------------------------------------------- probe
-@torch.no_grad()
-def features(encoder: Encoder, x: Tensor, device: torch.device) -> np.ndarray:
-    encoder.eval()
-    out = [encoder(chunk.to(device)).float().cpu() for chunk in x.split(512)]
-    return torch.cat(out).numpy()
-
-
-def logistic_accuracy(f_train, y_train, f_test, y_test, seed: int) -> float:
-    scaler = StandardScaler().fit(f_train)
-    clf = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
-    clf.fit(scaler.transform(f_train), y_train)
-    return float(clf.score(scaler.transform(f_test), y_test))
-
-
-def evaluate(encoder: Encoder, split, device: torch.device, seed: int) -> dict[str, float]:
-    """Three read-outs of the frozen encoder's features on the held-out split.
-
-    ``linear``: logistic regression on every training label (the standard linear probe).
-    ``linear_5shot``: the same with 5 labels per class, mean over 5 draws (on digits, random
-    convolutional features are already strong linear features, so the full-label probe sits
-    near its ceiling; few labels show what the representation itself adds).
-    ``knn``: 5-nearest-neighbour accuracy of the cosine similarity on the features.
-    """
-    train_x, test_x, train_y, test_y = split
-    f_train, f_test = features(encoder, train_x, device), features(encoder, test_x, device)
-    linear = logistic_accuracy(f_train, train_y, f_test, test_y, seed)
-    rng = np.random.default_rng(seed)
-    shots = []
-    for _ in range(5):
-        idx = np.concatenate(
-            [rng.choice(np.flatnonzero(train_y == c), 5, replace=False) for c in range(10)]
-        )
-        shots.append(logistic_accuracy(f_train[idx], train_y[idx], f_test, test_y, seed))
-    unit_train = f_train / np.linalg.norm(f_train, axis=1, keepdims=True).clip(1e-12)
-    unit_test = f_test / np.linalg.norm(f_test, axis=1, keepdims=True).clip(1e-12)
-    knn = KNeighborsClassifier(n_neighbors=5).fit(unit_train, train_y).score(unit_test, test_y)
-    return {"linear": linear, "linear_5shot": float(np.mean(shots)), "knn": float(knn)}
-
-
-# --------------------------------------------------------------------------------------- plot
-TERMS = {  # each loss's own terms: different quantities, so each gets its own axes
-    "smi": {
-        "loss": "SMI loss",
-        "alignment": "SMI alignment: sum_i (1 - M_ii)^2",
-        "redundancy": "SMI redundancy: sum_{i!=j} M_ij^2 (N x N, 3 matrices)",
-    },
-    "barlow": {
-        "loss": "Barlow Twins loss",
-        "alignment": "Barlow on-diagonal: sum_k (1 - C_kk)^2",
-        "redundancy": "Barlow off-diagonal: sum_{k!=l} C_kl^2 (D x D)",
-    },
-}
-SHARED = [  # quantities with one meaning for every loss: one axes, a line per loss
-    ("embed_std", "std of L2-normalised z", False),
-    ("grad_norm", "gradient norm", True),
-    ("ratio", "lambda * redundancy / alignment (each loss's own terms)", True),
-]
-
-
-def plot(histories: dict[str, dict], path: Path, args: argparse.Namespace) -> None:
-    """One column per loss for its own terms (loss, alignment, redundancy: SMI's sums over
-    N x N sample matrices and Barlow's over the D x D feature matrix are different quantities),
-    and a last column for what both share, one line per loss."""
-    names = list(histories)
-    columns = len(names) + 1
-    fig, axes = plt.subplots(3, columns, figsize=(4.6 * columns, 9), squeeze=False)
-    colours = {name: f"C{index}" for index, name in enumerate(names)}
-    for column, name in enumerate(names):
-        hist = histories[name]
-        for row, key in enumerate(("loss", "alignment", "redundancy")):
-            ax = axes[row][column]
-            epochs = np.arange(1, len(hist[key]) + 1)
-            ax.plot(epochs, hist[key], marker="o", markersize=2, color=colours[name])
-            ax.set_yscale("log")
-            ax.set_title(TERMS[name][key], fontsize=9)
-            ax.set_xlabel("epoch")
-    for row, (key, title, log) in enumerate(SHARED):
-        ax = axes[row][-1]
-        for name, hist in histories.items():
-            epochs = np.arange(1, len(hist[key]) + 1)
-            ax.plot(epochs, hist[key], marker="o", markersize=2, label=name, color=colours[name])
-        if key == "embed_std":
-            ax.axhline(
-                1 / math.sqrt(args.proj_dim),
-                color="grey",
-                ls="--",
-                lw=0.8,
-                label=f"1/sqrt(D) = {1 / math.sqrt(args.proj_dim):.3f}: spread out",
-            )
-        if log:
-            ax.set_yscale("log")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
-    fig.suptitle(
-        f"SSL on digits {args.image_size}x{args.image_size}: SMI lambda={args.lambda_param} "
-        f"eps={args.eps}, batch {args.batch_size}, projector {args.proj_dim}",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------- main
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> Study:
+    """The command line, checked: a bad value stops here with a message naming it."""
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--epochs", type=int, default=50, help="passes over the training split")
-    p.add_argument("--batch-size", type=int, default=256, help="images per step (two views each)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--lambda-param", type=float, default=5e-3, help="SMI redundancy weight")
-    p.add_argument("--eps", type=float, default=1e-4, help="SMI transform stabiliser")
-    p.add_argument(
-        "--barlow-lambda", type=float, default=5.1e-3, help="Barlow Twins off-diagonal weight"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, data split and views")
-    p.add_argument(
-        "--out-dir", type=Path, default=Path("ssl_out"), help="curves and results go here"
-    )
-    p.add_argument(
-        "--losses", default="smi,barlow", help=f"comma-separated subset of {','.join(LOSSES)}"
-    )
-    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (one-cycle)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    p.add_argument("--proj-dim", type=int, default=256, help="projector width (all 3 layers)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated SSL methods")
+    p.add_argument("--seeds", type=int, default=5, help="seeds of the final runs, per method")
+    p.add_argument("--epochs", type=int, default=8, help="passes over the data, every run")
+    p.add_argument("--batch-size", type=int, default=64, help="signals per step (N; two views)")
+    p.add_argument("--proj-dim", type=int, default=256, help="projector width D")
     p.add_argument("--width", type=int, default=32, help="channels of the first conv block")
-    p.add_argument("--image-size", type=int, default=16, help="digits upsampled to this side")
-    p.add_argument("--noise", type=float, default=0.1, help="std of the Gaussian noise")
-    p.add_argument("--max-steps", type=int, default=0, help="cap on steps per epoch (0: none)")
-    args = p.parse_args(argv)
-    args.losses = [s.strip() for s in args.losses.split(",") if s.strip()]
-    for name in args.losses:
-        if name not in LOSSES:
-            p.error(f"unknown loss {name!r}; choose from {LOSSES}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda but CUDA is not available")
-    return args
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out-dir", type=Path, default=None, help="default: examples/results/")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the whole pipeline on a tiny budget, into a temporary folder, with checks",
+    )
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the markdown and the plots from --out-dir's train_ssl.json, train nothing",
+    )
+    a = p.parse_args(argv)
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        p.error(f"unknown method {', '.join(map(repr, unknown))}; choose from {','.join(METHODS)}")
+    for name in ("seeds", "epochs", "proj_dim", "width"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
+    if a.batch_size < 2:
+        p.error(f"--batch-size must be at least 2 (positive, and a batch of one has no spread), "
+                f"got {a.batch_size}")  # fmt: skip
+    if not a.lr > 0:
+        p.error(f"--lr must be positive, got {a.lr}")
+    if a.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            p.error(f"--device {a.device}, but CUDA is not available (torch {torch.__version__})")
+    elif a.device != "cpu":
+        p.error(f"--device must be cpu or cuda[:index], got {a.device!r}")
+    if a.render_only:
+        return Study(methods, out_dir=a.out_dir or RESULTS_DIR, render_only=True)
+    if a.smoke:
+        out_dir = a.out_dir or Path(tempfile.mkdtemp(prefix="smi-ssl-smoke-"))
+        if out_dir.resolve() == RESULTS_DIR.resolve():
+            p.error("--smoke never writes into the committed results: pick another --out-dir")
+        return Study(methods, device=a.device, out_dir=out_dir, smoke=True, lr=a.lr, **SMOKE)
+    return Study(
+        methods, a.seeds, a.epochs, a.batch_size, a.proj_dim, a.width, a.lr,
+        device=a.device, out_dir=a.out_dir or RESULTS_DIR,
+    )  # fmt: skip
+
+
+class Progress:
+    """One tqdm bar over every training step of the study (its ETA), and a log line per run."""
+
+    def __init__(self, total: int) -> None:
+        # a log file (not a terminal) gets a line every 15 s rather than every step
+        interval = 0.1 if sys.stderr.isatty() else 15.0
+        self.bar = tqdm(
+            total=total, unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=interval
+        )
+
+    def stage(self, text: str) -> None:
+        self.bar.set_description(text)
+
+    def tick(self) -> None:
+        self.bar.update()
+
+    def log(self, text: str) -> None:
+        tqdm.write(text, file=sys.stderr)
+
+
+def load_splits(study: Study) -> tuple[dict, Split, Split, Split, Split]:
+    """MNIST-1D as (data info, train, test, fit, validation); fit + validation = train."""
+    data = load_mnist1d()
+    info = {"generator": "make_dataset(default args, seed 42)", "fingerprint": fingerprint(data)}
+    x, y, x_test, y_test = data["x"], data["y"], data["x_test"], data["y_test"]
+    if study.n_train:
+        x, y = x[: study.n_train], y[: study.n_train]
+    if study.n_test:
+        x_test, y_test = x_test[: study.n_test], y_test[: study.n_test]
+    train_set = Split(torch.from_numpy(x), y)
+    test_set = Split(torch.from_numpy(x_test), y_test)
+    fit, val = validation_split(x, y, study.val_fraction, seed=0)
+    info.update(n_train=len(y), n_test=len(y_test), n_fit=len(fit.y), n_val=len(val.y))
+    return info, train_set, test_set, fit, val
+
+
+def plan(study: Study, n_fit: int, n_train: int) -> dict[str, int]:
+    """Steps of every stage (the progress bar's total) and the per-run budgets."""
+    grid_steps = study.epochs * study.run("smi", 0, 0).steps_per_epoch(n_fit)
+    final_steps = study.epochs * study.run("smi", 0, 0).steps_per_epoch(n_train)
+    grid_runs = len(study.grid(study.methods[0]))
+    eps_runs = lambda_runs = 0
+    if "smi" in study.methods:
+        eps_runs = len(study.eps_values) - 1
+        lambda_runs = len(set(study.lambda_extra) - set(study.grid("smi")))
+    total = (len(study.methods) * grid_runs + eps_runs + lambda_runs) * grid_steps
+    total += (len(study.methods) + 1) * study.seeds * final_steps  # SSL and supervised
+    return {
+        "grid_steps": grid_steps,
+        "final_steps": final_steps,
+        "grid_runs_per_method": grid_runs,
+        "eps_runs": eps_runs,
+        "lambda_extra_runs": lambda_runs,
+        "total_steps": total,
+    }
+
+
+def last_std(history: dict) -> float:
+    return history["embed_std"][-1] if history["embed_std"] else float("nan")
+
+
+def validate(study, run: RunConfig, fit: Split, val: Split, device, progress: Progress):
+    """Train ``run`` on the fit split; its linear-probe accuracy on the validation split and
+    its history (without the per-step gradient norms)."""
+    encoder, hist = train(run, fit.x, fit.y, device, progress.tick)
+    f_fit, f_val = features(encoder, fit.x, device), features(encoder, val.x, device)
+    acc = evaluate(f_fit, fit.y, f_val, val.y, study.probe, run.seed, linear_only=True)["linear"]
+    hist.pop("grad_norm_steps")
+    return acc, hist
+
+
+def run_grids(study, fit: Split, val: Split, device, progress: Progress) -> dict:
+    """Each method's grid at seed 0 on the fit split, scored by the linear probe on the
+    validation split; the winner is the best validation accuracy."""
+    grids = {}
+    for name in study.methods:
+        method = METHODS[name]
+        entry = {"param": method.param, "values": [], "val_linear": [], "histories": []}
+        for value in study.grid(name):
+            progress.stage(f"grid {name} {method.param}={value:g}")
+            acc, hist = validate(study, study.run(name, value, 0), fit, val, device, progress)
+            entry["values"].append(value)
+            entry["val_linear"].append(acc)
+            entry["histories"].append(hist)
+            progress.log(f"grid {name:>6} {method.param}={value:<7g} validation linear {acc:.3f}")
+        scores = np.nan_to_num(np.asarray(entry["val_linear"]), nan=-1.0)
+        entry["winner"] = entry["values"][int(np.argmax(scores))]
+        grids[name] = entry
+    return grids
+
+
+def sweeps(study, grids: dict, fit: Split, val: Split, device, progress: Progress):
+    """SMI's lambda sweep at eps = 1e-4 (its grid's runs and ``study.lambda_extra``) and eps
+    sweep at the chosen lambda (the eps = 1e-4 point is the grid's run), scored as the grid is.
+    Guidance only: the extra points choose nothing, and the final SMI runs keep eps = 1e-4."""
+    g = grids["smi"]
+    root_d = math.sqrt(study.proj_dim)
+    runs = dict(zip(g["values"], zip(g["val_linear"], g["histories"], strict=True), strict=True))
+    for value in study.lambda_extra:
+        if value not in runs:
+            progress.stage(f"lambda sweep lambda={value:g}")
+            runs[value] = validate(study, study.run("smi", value, 0), fit, val, device, progress)
+            progress.log(f"lambda sweep lambda={value:<7g} validation linear {runs[value][0]:.3f}")
+    values = sorted(runs)
+    lam = {
+        "values": values,
+        "in_grid": [v in g["values"] for v in values],
+        "val_linear": [runs[v][0] for v in values],
+        "std_curves": [runs[v][1]["embed_std"] for v in values],
+        "std_sqrt_d": [last_std(runs[v][1]) * root_d for v in values],
+        "ratio": [runs[v][1]["ratio"][-1] for v in values],
+    }
+    eps = {"lambda": g["winner"], "values": [], "val_linear": [], "std_sqrt_d": [], "rho_opt": []}
+    for value in study.eps_values:
+        if value == EPS_DEFAULT:
+            acc, hist = runs[g["winner"]]
+        else:
+            progress.stage(f"eps sweep eps={value:g}")
+            run = study.run("smi", g["winner"], 0, eps=value)
+            acc, hist = validate(study, run, fit, val, device, progress)
+            progress.log(f"eps sweep eps={value:<7g} validation linear {acc:.3f}")
+        eps["values"].append(value)
+        eps["val_linear"].append(acc)
+        eps["std_sqrt_d"].append(last_std(hist) * root_d)
+        eps["rho_opt"].append(math.sqrt(1 + value - math.exp(-2)))
+    return lam, eps
+
+
+def final_runs(study, grids, train_set: Split, test: Split, device, progress: Progress) -> dict:
+    """Every method at its chosen value, and the two anchors, over ``study.seeds`` seeds, read
+    out on the test split; seed 0's features give the eigenspectrum."""
+    final: dict[str, dict] = {}
+    names = [*study.methods, "supervised", "random"]
+    for name in names:
+        final[name] = {m: [] for m in ("linear", "few_shot", "knn", "train_seconds")}
+        final[name].update(ratio_curves=[], grad_norm_mean=[], roughness=[])
+        if name in grids:
+            final[name]["setting"] = f"{grids[name]['param']} = {grids[name]['winner']:g}"
+            if name == "smi":
+                final[name]["setting"] += f", eps = {EPS_DEFAULT:g}"
+    for seed in range(study.seeds):
+        for name in names:
+            run = final[name]
+            t0 = time.perf_counter()
+            if name == "random":
+                encoder, hist = make_encoder(seed, study.width).to(device), None
+            else:
+                progress.stage(f"final {name} seed {seed}")
+                value = grids[name]["winner"] if name in grids else None
+                encoder, hist = train(
+                    study.run(name, value, seed), train_set.x, train_set.y, device, progress.tick
+                )
+            run["train_seconds"].append(time.perf_counter() - t0)
+            f_train, f_test = (
+                features(encoder, train_set.x, device),
+                features(encoder, test.x, device),
+            )
+            acc = evaluate(f_train, train_set.y, f_test, test.y, study.probe, seed)
+            for metric, value in acc.items():
+                run[metric].append(value)
+            if hist is not None:
+                run["grad_norm_mean"].append(float(np.mean(hist["grad_norm_steps"])))
+                run["roughness"].append(roughness(hist["grad_norm_steps"]))
+                if name != "supervised":
+                    run["ratio_curves"].append(hist["ratio"])
+            if seed == 0:
+                run["eigenspectrum"] = eigenspectrum(f_test)
+                if hist is not None:
+                    run["history_seed0"] = {k: v for k, v in hist.items() if k != "grad_norm_steps"}
+                    run["grad_norm_steps"] = hist["grad_norm_steps"]
+            progress.log(
+                f"final {name:>10} seed {seed}: linear {acc['linear']:.3f}  few-shot "
+                f"{acc['few_shot']:.3f}  k-NN {acc['knn']:.3f}"
+            )
+    for name, run in final.items():
+        run["summary"] = {m: mean_std(run[m]) for m in ("linear", "few_shot", "knn")}
+        analysis = {"components_90": components_for(run["eigenspectrum"])}
+        if run["grad_norm_mean"]:
+            analysis["grad_norm"] = float(np.mean(run["grad_norm_mean"]))
+            analysis["roughness"] = float(np.mean(run["roughness"]))
+        if run["ratio_curves"] and name != "ntxent":
+            curves = np.asarray(run["ratio_curves"], dtype=float)
+            analysis["ratio_last"] = float(curves[:, -1].mean())
+            later = curves[:, 1:] if curves.shape[1] > 1 else curves
+            analysis["ratio_cv"] = float((later.std(1) / np.abs(later.mean(1))).mean())
+        run["analysis"] = analysis
+    return final
+
+
+def alignment_optimum(eps: float = EPS_DEFAULT, n: int = 256, d: int = 2048) -> dict:
+    """Where this reading's alignment term is optimal, and what identical views cost."""
+    z = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+    out = SMILoss(eps=eps, backend="torch").forward_with_terms(z, z.clone())
+    return {
+        "eps": eps,
+        "rho": math.sqrt(1 + eps - math.exp(-2)),
+        "m_at_one": -0.5 * math.log(eps),
+        "n": n,
+        "d": d,
+        "identical_loss": out.loss.item(),
+        "identical_alignment": out.alignment.item(),
+    }
+
+
+def smoke_checks(results: dict, paths: list[Path]) -> list[str]:
+    """What a tiny run must still show; failures as messages. Each bound sits far from both what
+    this pipeline gives (the numbers in the comments) and what a broken one would give."""
+    problems = []
+    for path in paths:
+        if not path.is_file() or path.stat().st_size < 1000:
+            problems.append(f"{path} was not written")
+    root_d = math.sqrt(results["config"]["proj_dim"])
+    spreads = {
+        f"{name} {results['grid'][name]['param']}={value:g}": h["embed_std"][-1] * root_d
+        for name, histories in results["grid_histories"].items()
+        for value, h in zip(results["grid"][name]["values"], histories, strict=True)
+    }
+    spreads.update(
+        {f"final {n}": r["history_seed0"]["embed_std"][-1] * root_d
+         for n, r in results["final"].items() if n in METHODS}
+    )  # fmt: skip
+    for run, spread in spreads.items():
+        # std x sqrt(D) is about 1 for directions spread like random ones and 0 when collapsed;
+        # these runs end between 0.38 (SMI) and 0.96
+        if not spread > 0.15:
+            problems.append(f"{run}: embedding std x sqrt(D) = {spread:.3f} (collapsed)")
+    for name, run in results["final"].items():
+        for metric in ("linear", "few_shot", "knn"):
+            for acc in run[metric]:  # ten classes: chance is 0.1; these runs give 0.25-0.45
+                if not 0.2 <= acc <= 1.0:
+                    problems.append(f"{name}: {metric} accuracy {acc} out of [0.2, 1]")
+    if "smi" in results["grid"]:
+        hist = results["grid_histories"]["smi"][0]
+        # at the grid's first lambda (5e-3, the package default) the alignment term falls about
+        # sevenfold in these 18 steps
+        if not hist["alignment"][-1] < 0.5 * hist["alignment"][0]:
+            problems.append(f"SMI alignment did not fall: {hist['alignment']}")
+        for loss, align, red in zip(
+            hist["loss"], hist["alignment"], hist["redundancy"], strict=True
+        ):
+            if abs(loss - align - red) > 1e-4 * abs(loss):  # red is lambda * L_red
+                problems.append(f"SMI loss {loss} != alignment {align} + lambda x L_red {red}")
+    return problems
+
+
+def render(results: dict, out_dir: Path) -> list[Path]:
+    """Write the plots and the markdown report of ``results`` into ``out_dir``."""
+    paths = write_plots(results, LABELS, out_dir, PREFIX)
+    (out_dir / f"{PREFIX}.md").write_text(markdown(results, LABELS))
+    return [*paths, out_dir / f"{PREFIX}.md"]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    if "barlow" in args.losses:
-        barlow_reference()  # before any training: a copy outside the repository stops here
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    device = torch.device(args.device)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    split = load_images(args.image_size, args.seed)
-    print(
-        f"digits: {len(split[0])} train / {len(split[1])} test images, "
-        f"{args.image_size}x{args.image_size}; device {device}, torch threads "
-        f"{torch.get_num_threads()}"
-    )
-
+    study = parse_args(argv)
+    if study.render_only:
+        results = json.loads((study.out_dir / f"{PREFIX}.json").read_text())
+        paths = render(results, study.out_dir)
+        print(f"wrote {', '.join(p.name for p in paths)} to {study.out_dir}")
+        return results
+    if set(study.methods) - {"smi"}:
+        reference_losses()  # before anything runs: a copy outside the repository stops here
     start = time.perf_counter()
-    histories: dict[str, dict] = {}
-    probes: dict[str, dict[str, float]] = {}
-    seconds: dict[str, float] = {}
-    for name in args.losses:
-        t0 = time.perf_counter()
-        encoder, histories[name] = train(name, args, split[0])
-        seconds[name] = time.perf_counter() - t0
-        probes[name] = evaluate(encoder, split, device, args.seed)
-    probes["random"] = evaluate(
-        make_encoder(args.seed, args.width).to(device), split, device, args.seed
+    device = torch.device(study.device)
+    info, train_set, test, fit, val = load_splits(study)
+    budget = plan(study, len(fit.y), len(train_set.y))
+    study.out_dir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"MNIST-1D {info['n_train']} train ({info['n_fit']} fit + {info['n_val']} validation) / "
+        f"{info['n_test']} test; methods {','.join(study.methods)}; {study.seeds} seeds; "
+        f"{budget['total_steps']} steps on {device} ({torch.get_num_threads()} torch threads); "
+        f"writing {study.out_dir}",
+        flush=True,
     )
-
-    header = (
-        f"{'encoder':<12} {'linear':>7} {'5-shot':>7} {'5-NN':>7} {'loss':>9} {'align':>9} "
-        f"{'redund.':>10} {'ratio':>7} {'std(z/|z|)':>10} {'grad':>8} {'train s':>8}"
-    )
-    lines = [header, "-" * len(header)]
-    for name, probe in probes.items():
-        row = (
-            f"{name if name != 'random' else 'random init':<12} {probe['linear']:>7.4f} "
-            f"{probe['linear_5shot']:>7.4f} {probe['knn']:>7.4f}"
+    progress = Progress(budget["total_steps"])
+    grids = run_grids(study, fit, val, device, progress)
+    results: dict = {"grid": {}}
+    if "smi" in study.methods:
+        results["lambda_sweep"], results["eps_sweep"] = sweeps(
+            study, grids, fit, val, device, progress
         )
-        if name in histories:
-            h = histories[name]
-            row += (
-                f" {h['loss'][-1]:>9.3f} {h['alignment'][-1]:>9.3f} {h['redundancy'][-1]:>10.3f} "
-                f"{h['ratio'][-1]:>7.3f} {h['embed_std'][-1]:>10.4f} {h['grad_norm'][-1]:>8.3f} "
-                f"{seconds[name]:>8.1f}"
-            )
-        lines.append(row)
-    print(
-        "\nFrozen-encoder evaluation on the held-out 30% (linear: logistic regression on all "
-        "training labels; 5-shot: 5 labels per class, mean of 5 draws; 5-NN: cosine k-NN):"
-    )
-    print("\n".join(lines))
-    print(
-        "(loss terms: last-epoch means; Barlow's align/redund. are its on- and off-diagonal sums; "
-        f"ratio = lambda*redund./align; std(z/|z|) of a spread-out embedding ~ 1/sqrt(D) = "
-        f"{1 / math.sqrt(args.proj_dim):.4f}, 0 when collapsed)"
-    )
+    final = final_runs(study, grids, train_set, test, device, progress)
+    progress.bar.close()
 
-    png = args.out_dir / "train_ssl_curves.png"
-    plot(histories, png, args)
-    results = {
-        "probe": {name: probe["linear"] for name, probe in probes.items()},
-        "probes": probes,
-        "train_seconds": seconds,
-        "history": histories,
-        "args": {k: str(v) for k, v in vars(args).items()},
+    config = {k: v for k, v in asdict(study).items() if k not in ("probe", "out_dir")}
+    config["feature_dim"] = 4 * study.width
+    results.update(config=config, data=info, budget=budget, final=final)
+    results["grid"] = {
+        n: {k: v for k, v in g.items() if k != "histories"} for n, g in grids.items()
     }
-    (args.out_dir / "train_ssl_results.json").write_text(json.dumps(results, indent=1))
-    print(f"wrote {png} ({time.perf_counter() - start:.1f} s)")
+    results["grid_histories"] = {n: g["histories"] for n, g in grids.items()}
+    if {"smi", "barlow"} <= set(study.methods):
+        results["paired"] = {
+            m: paired(final["smi"][m], final["barlow"][m]) for m in ("linear", "few_shot", "knn")
+        }
+    best = max(study.methods, key=lambda n: final[n]["summary"]["linear"]["mean"])
+    gap = final[best]["summary"]["linear"]["mean"] - final["random"]["summary"]["linear"]["mean"]
+    results["separation"] = {"best": best, "gap": gap}
+    results["alignment_optimum"] = alignment_optimum()
+    results["timing"] = {
+        "total_seconds": time.perf_counter() - start,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+    }
+    (study.out_dir / f"{PREFIX}.json").write_text(json.dumps(results, indent=1))
+    paths = [*render(results, study.out_dir), study.out_dir / f"{PREFIX}.json"]
+
+    print(markdown(results, LABELS).split("## Hyperparameter grids")[0])
+    print(f"wrote {', '.join(p.name for p in paths)} to {study.out_dir} "
+          f"({results['timing']['total_seconds'] / 60:.1f} min)")  # fmt: skip
+    if study.smoke:
+        problems = smoke_checks(results, paths)
+        if problems:
+            raise SystemExit("smoke check failed:\n  " + "\n  ".join(problems))
+        print("smoke checks passed")
     return results
 
 

@@ -7,8 +7,12 @@ error ``||out - ref|| / ||ref||`` against a float64 evaluation of the loss on th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,3 +136,68 @@ def reference_terms_and_grads(
     out = reference.smi_loss_with_terms(*exact, lambda_param=lambda_param, eps=eps)
     grads = torch.autograd.grad(out.loss, exact)
     return out.loss.detach(), out.alignment.detach(), out.redundancy.detach(), grads
+
+
+def fork_ranks(worlds: Sequence[int], run_rank: Callable[[int, int], None]) -> int:
+    """Fork one process per rank of every world size in ``worlds``, run ``run_rank(world, rank)``
+    in each and wait for them all: 0 when every rank exits cleanly, else 1 (a failed rank prints
+    its traceback, and the launcher which ranks failed).
+
+    Forking from one launcher pays the imports (seconds of CPU each) once for all the ranks.
+    Nothing may have run on torch's thread pools before the fork; each rank makes its own
+    process group after it.
+    """
+    children = {}
+    for world in worlds:
+        for rank in range(world):
+            pid = os.fork()
+            if pid == 0:  # the rank
+                code = 1
+                try:
+                    run_rank(world, rank)
+                    code = 0
+                except BaseException:
+                    import traceback
+
+                    print(f"world {world} rank {rank} failed:", flush=True)
+                    traceback.print_exc()
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            children[pid] = (world, rank)
+    failed = []
+    for pid, (world, rank) in children.items():
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            failed.append(f"world {world} rank {rank}: wait status {status}")
+    print("\n".join(failed), flush=True)
+    return 1 if failed else 0
+
+
+def run_launcher(script: str, args: Sequence[str], timeout_s: float, what: str) -> str:
+    """Run ``python script --launch *args`` from the repository root, one thread per process,
+    in a session of its own so that a hang is killed with every rank it forked; its output.
+    Fails the test if it hangs past ``timeout_s`` or exits non-zero (``what`` names the workers
+    in the message)."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, script, "--launch", *args],
+        env=env,
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        log = proc.communicate(timeout=timeout_s)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        pytest.fail(f"{what} hung for more than {timeout_s} s")
+    assert proc.returncode == 0, f"the {what} failed:\n{log}"
+    return log

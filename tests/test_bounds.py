@@ -36,10 +36,12 @@ import torch
 from helpers import (
     TOLERANCE,
     TRITON,
+    fork_ranks,
     make_views,
     needs_triton,
     reference_terms_and_grads,
     relative_error,
+    run_launcher,
 )
 
 pytestmark = needs_triton
@@ -468,34 +470,13 @@ def launch(out_dir: str, which: str) -> int:
     import smi_kernels._triton.op  # noqa: F401  (imported once, before the fork)
 
     cases = SHARDED_FAST if which == "fast" else SHARDED_SLOW
-    children = {}
-    for world in WORLDS:
-        for rank in range(world):
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    sharded_worker(world, rank, f"{out_dir}/store{world}",
-                                   f"{out_dir}/w{world}r{rank}.pt", cases,
-                                   SHARDED_ORDERS[which])  # fmt: skip
-                    code = 0
-                except BaseException:
-                    import traceback
-
-                    print(f"world {world} rank {rank} failed:", flush=True)
-                    traceback.print_exc()
-                finally:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    os._exit(code)
-            children[pid] = (world, rank)
-    failed = []
-    for pid, (world, rank) in children.items():
-        _, status = os.waitpid(pid, 0)
-        if status != 0:
-            failed.append(f"world {world} rank {rank}: wait status {status}")
-    print("\n".join(failed), flush=True)
-    return 1 if failed else 0
+    return fork_ranks(
+        WORLDS,
+        lambda world, rank: sharded_worker(
+            world, rank, f"{out_dir}/store{world}", f"{out_dir}/w{world}r{rank}.pt", cases,
+            SHARDED_ORDERS[which],
+        ),
+    )
 
 
 def run_sharded(tmp: Path, which: str) -> dict[tuple[int, int], dict]:
@@ -503,20 +484,7 @@ def run_sharded(tmp: Path, which: str) -> dict[tuple[int, int], dict]:
         pytest.skip("the gloo workers are forked from one launcher (no os.fork here)")
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the bounds checker runs under the Triton interpreter (TRITON_INTERPRET=1)")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--launch", str(tmp), which], env=env, cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        log = proc.communicate(timeout=SHARDED_TIMEOUT_S)[0]
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait()
-        pytest.fail(f"sharded workers hung for more than {SHARDED_TIMEOUT_S} s")
-    assert proc.returncode == 0, f"the sharded workers failed:\n{log}"
+    run_launcher(__file__, [str(tmp), which], SHARDED_TIMEOUT_S, "sharded workers")
     results = {}
     for world in WORLDS:
         for rank in range(world):

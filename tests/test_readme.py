@@ -5,6 +5,7 @@ comes from a committed results file."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -17,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 FLOPS_TXT = ROOT / "benchmarks" / "results" / "flops" / "flops.txt"
 SPEED_DIR = ROOT / "benchmarks" / "results" / "cpu"
-EXAMPLE_JSON = ROOT / "examples" / "results" / "train_ssl_results.json"
+EXAMPLE_MD = ROOT / "examples" / "results" / "train_ssl.md"
+EXAMPLE_JSON = ROOT / "examples" / "results" / "train_ssl.json"
 COMPILE_DIR = ROOT / "benchmarks" / "results" / "compile"
 REGENERATE = "python benchmarks/speed.py"
 
@@ -118,12 +120,42 @@ def test_committed_speed_results_were_accepted() -> None:
 
 def test_example_numbers_come_from_the_committed_results() -> None:
     text = block("example")
-    results = json.loads(EXAMPLE_JSON.read_text())
-    committed = {f"{value:.3f}" for probe in results["probes"].values() for value in probe.values()}
-    quoted = re.findall(r"\d\.\d{3}", text)
-    assert len(quoted) >= 9
+    report = EXAMPLE_MD.read_text()
+    rows = [line.strip() for line in text.splitlines() if line.strip().startswith("| ")]
+    assert len(rows) >= 10
+    for row in rows:  # the tables are the report's rows, pasted
+        assert row in report, f"{row!r} is not in {EXAMPLE_MD.relative_to(ROOT)}"
+    prose = "\n".join(line for line in text.splitlines() if not line.strip().startswith("|"))
+    quoted = re.findall(r"[+-]?\d+\.\d+", prose)
+    assert len(quoted) >= 5
     for number in quoted:
-        assert number in committed, f"{number} is not in {EXAMPLE_JSON.relative_to(ROOT)}"
+        assert number in report, f"{number} is not in {EXAMPLE_MD.relative_to(ROOT)}"
+
+
+def test_example_separates_and_was_run_as_documented() -> None:
+    results = json.loads(EXAMPLE_JSON.read_text())
+    assert not results["config"]["smoke"]
+    assert results["config"]["seeds"] >= 5
+    # the stand-in tells learning from no learning: the untrained encoder's linear accuracy is
+    # at least 10 points below the best SSL method's
+    assert results["separation"]["gap"] >= 0.10
+    minutes = results["timing"]["total_seconds"] / 60
+    assert minutes <= 45
+    assert f"{minutes:.1f} min" in normalised(block("example"))
+    assert set(results["final"]) >= {"smi", "barlow", "vicreg", "ntxent", "random", "supervised"}
+
+
+def test_alignment_optimum_stated_as_computed() -> None:
+    loss = normalised(section("The loss"))
+    results = json.loads(EXAMPLE_JSON.read_text())["alignment_optimum"]
+    rho = math.sqrt(1 + 1e-4 - math.exp(-2))
+    assert f"{rho:.3f}" in loss and "sqrt(1 + eps - e^-2)" in loss
+    assert results["eps"] == 1e-4 and abs(results["rho"] - rho) < 1e-12
+    # identical views: M_ii = -log(eps) / 2, so each sample costs (1 + log(eps) / 2)^2
+    n = results["n"]
+    assert abs(results["identical_alignment"] - n * (1 + math.log(1e-4) / 2) ** 2) < 1e-2
+    assert f"{results['identical_loss']:.0f}" in loss
+    assert f"N = {n}, D = {results['d']}" in loss
 
 
 def compile_totals(version: str) -> dict[str, int]:

@@ -17,13 +17,12 @@ Both backends (the Triton kernels under the interpreter here), float64 unless sa
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import EPS, LAMBDA, TOLERANCE, join_gloo, smi_loss_terms
+from helpers import EPS, LAMBDA, TOLERANCE, fork_ranks, join_gloo, run_launcher, smi_loss_terms
 from helpers import relative_error as rel
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -246,38 +245,17 @@ def launch(out_dir: str) -> int:
     """Fork every rank of every world size from one process and wait for them; the exit status.
 
     Each process pays about 6 s of CPU to import torch and torch._dynamo (DDP's constructor
-    imports it); forking after the imports pays that once for all the ranks. Nothing has run on
-    torch's thread pools before the fork, and each rank makes its own process group after it.
+    imports it); forking after the imports pays that once for all the ranks.
     """
     import torch._dynamo  # noqa: F401
     import triton  # noqa: F401
 
-    children = {}
-    for world in WORLDS:
-        for rank in range(world):
-            pid = os.fork()
-            if pid == 0:  # the rank
-                code = 1
-                try:
-                    worker(world, rank, f"{out_dir}/store{world}", f"{out_dir}/w{world}r{rank}.pt")
-                    code = 0
-                except BaseException:
-                    import traceback
-
-                    print(f"world {world} rank {rank} failed:", flush=True)
-                    traceback.print_exc()
-                finally:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    os._exit(code)
-            children[pid] = (world, rank)
-    failed = []
-    for pid, (world, rank) in children.items():
-        _, status = os.waitpid(pid, 0)
-        if status != 0:
-            failed.append(f"world {world} rank {rank}: wait status {status}")
-    print("\n".join(failed), flush=True)
-    return 1 if failed else 0
+    return fork_ranks(
+        WORLDS,
+        lambda world, rank: worker(
+            world, rank, f"{out_dir}/store{world}", f"{out_dir}/w{world}r{rank}.pt"
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -288,26 +266,7 @@ def launched(tmp_path_factory) -> Path:
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the Triton backend needs a GPU or TRITON_INTERPRET=1")
     tmp = tmp_path_factory.mktemp("sharded")
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--launch", str(tmp)],
-        env=env,
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # a hang is killed with every rank it forked
-    )
-    try:
-        log = proc.communicate(timeout=TIMEOUT_S)[0]
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait()
-        pytest.fail(f"sharded workers hung for more than {TIMEOUT_S} s")
-    assert proc.returncode == 0, f"the sharded workers failed:\n{log}"
+    run_launcher(__file__, [str(tmp)], TIMEOUT_S, "sharded workers")
     return tmp
 
 
