@@ -1,10 +1,30 @@
-"""Validate and benchmark smi-kernels on any CUDA GPU, in one command (under 10 minutes on an H100).
+"""Validate and benchmark smi-kernels on any CUDA GPU, in one command of at most 300 s (hard).
 
-    python benchmarks/gpu_check.py               # every stage
-    python benchmarks/gpu_check.py --quick       # the target cases only, shorter test budget
-    python benchmarks/gpu_check.py --skip tests sanitizer
+    PYTHONPATH=. python benchmarks/gpu_check.py --out-dir OUT         # every stage, 300 s
+    PYTHONPATH=. python benchmarks/gpu_check.py --quick --out-dir OUT # the target cases, 180 s
+    PYTHONPATH=. python benchmarks/gpu_check.py --skip rates sweep model --budget 150 --out-dir OUT
+    PYTHONPATH=. python benchmarks/gpu_check.py --skip tests sanitizer --budget 240 --out-dir OUT
+    python benchmarks/gpu_check.py --cpu-smoke   # developers: every stage on the CPU, 100 s
 
-Stages, each with a time budget; a stage that fails is recorded and the others still run:
+It runs from the checkout: ``PYTHONPATH=.``, no install, no package index, no ``bench`` extra
+(fvcore, matplotlib, tabulate, tqdm; without matplotlib there are no plots, and nothing else
+changes). Results go to ``--out-dir`` (default ``benchmarks/results/<gpu-name-slug>/``; for
+--cpu-smoke a new temporary folder): on a machine that is handed back after the run, name the
+folder that is kept. The report is rewritten after every stage, so a run that is stopped keeps
+what it did.
+
+Time. ``--budget`` (default 300 s; 180 s with --quick, 100 s with --cpu-smoke) is the wall time
+of the whole run, from its start to its last write, and it is hard. The stages that run share
+it in proportion to ``SHARES`` (a skipped stage's share goes to the others), on a schedule: a
+stage may use time that the stages before it left, never the time of those after it, and is cut
+at the end of its slot (its subprocess killed, or the stage interrupted in process). Each sweep
+point gets an equal part of the time the sweep has left and is cut at the end of it. A watchdog
+ends the process a few seconds past the budget, whatever it is doing. A short budget still
+runs every stage. On a rented GPU, make two calls, validation (the third line above) then speed
+(the fourth): with the machine's start 540 s, and a rerun of the longer one fits in 900 s
+(README, "Validate a GPU in fifteen minutes").
+
+Stages; a stage that fails or is cut is recorded and the others still run:
 
     environment  torch, triton, CUDA, driver, GPU                           -> env.json
     tests        ``pytest -m gpu`` (the GPU-marked tests)                   -> pytest.log
@@ -21,12 +41,14 @@ Stages, each with a time budget; a stage that fails is recorded and the others s
                  ``torch.cuda.max_memory_allocated``)
     model        the performance model (``tools/model.py``) re-evaluated with the measured rates,
                  its predictions beside the measurements; target / predicted / measured / verdict
+    report       gpu_check.md, and the plots where matplotlib imports     -> gpu_check_*.png
 
-Writes ``benchmarks/results/<gpu-name-slug>/``: gpu_check.json, gpu_check.md, env.json,
-pytest.log, sanitizer.log, measured_rates.json and PNG plots (gpu_check_*.png).
+Writes into the output folder: gpu_check.json, gpu_check.md, env.json, pytest.log,
+sanitizer.log, measured_rates.json and the PNG plots.
 
-Exit status: 0 every stage passed and every target was met; 1 a stage failed; 2 the stages
-passed but a target was missed; 3 no CUDA GPU (one line, nothing run).
+Exit status: 0 every stage passed and every target was met (--cpu-smoke: every stage passed;
+CPU times are not held to GPU targets); 1 a stage failed or was cut, or the watchdog stopped
+the run; 2 the stages passed but a target was missed; 3 no CUDA GPU (one line, nothing run).
 """
 
 from __future__ import annotations
@@ -42,6 +64,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -55,13 +79,35 @@ BENCHMARKS = REPO / "benchmarks"
 sys.path[:0] = [str(BENCHMARKS), str(REPO / "tools")]
 NO_GPU = 3
 
-#: seconds for the whole run, and per stage (the sweep takes what is left before the model)
-BUDGET_S = 570
-QUICK_BUDGET_S = 360
-STAGE_BUDGET_S = {"tests": 240, "sanitizer": 150, "rates": 60, "model": 30}
-QUICK_STAGE_BUDGET_S = {"tests": 150, "sanitizer": 120, "rates": 40, "model": 30}
-#: a sweep point is not started with less than this left of the budget
-MIN_POINT_S = 25
+#: wall seconds of the whole run (start-up included): by default, with --quick, --cpu-smoke
+BUDGET_S = 300
+QUICK_BUDGET_S = 180
+SMOKE_BUDGET_S = 100
+#: each stage's share of the budget, in the order the stages run; the shares of the stages that
+#: run are scaled to fill the budget less ``RESERVE``
+SHARES = {
+    "tests": 0.30,
+    "sanitizer": 0.15,
+    "rates": 0.10,
+    "sweep": 0.30,
+    "model": 0.05,
+    "report": 0.05,
+}
+#: the CPU smoke run's: there the tests are one file whose GPU tests skip, and the interpreted
+#: sweep is the long stage
+SMOKE_SHARES = {"tests": 0.15, "rates": 0.05, "sweep": 0.60, "model": 0.10, "report": 0.10}
+#: share of the budget kept for the last write; the stages share what is left of the budget
+#: once the start (imports, the environment stage) is done
+RESERVE = 0.03
+#: the environment stage's own limit (nvidia-smi and git are asked with shorter timeouts)
+ENVIRONMENT_S = 30.0
+#: the watchdog ends the process this many seconds past the budget: a stage stuck in C code,
+#: where the in-process interruption cannot reach it
+WATCHDOG_GRACE_S = 5
+#: a sweep point is not started with a part shorter than this
+MIN_POINT_S = 2.0
+#: the packages of the ``bench`` extra, recorded in env.json as importable or not
+BENCH_EXTRA = ("fvcore", "matplotlib", "tabulate", "tqdm")
 
 
 def _no_gpu_reason() -> str | None:
@@ -104,15 +150,90 @@ class Skip(Exception):
     """A stage that cannot run here, with the reason."""
 
 
-def run_stage(name: str, fn: Callable[[], dict[str, Any]], log: Path) -> Stage:
-    """Run one stage; every exception becomes a recorded failure (its traceback in ``log``)."""
+class OutOfTime(BaseException):
+    """Raised in the main thread when a stage or a sweep point reaches the end of its time. A
+    BaseException, so that the measuring code's ``except Exception`` does not swallow it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Any:
+    """Interrupt the block with ``OutOfTime`` after ``seconds`` (SIGALRM, main thread; where
+    the platform has no interval timer, the watchdog alone bounds the run)."""
+    if not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise OutOfTime(f"cut at the end of its {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def warm_imports() -> None:
+    """Import now, before any slot starts, what the stages would import on first use (dynamo
+    and inductor: seconds): an import cut half-way by the end of a slot would leave a partly
+    initialised module behind for every later stage."""
+    import harness  # noqa: F401
+    import model  # noqa: F401
+    import torch._dynamo
+    import torch._inductor  # noqa: F401
+    import triton.testing  # noqa: F401
+
+    import smi_kernels._triton.op  # noqa: F401
+
+
+def schedule(
+    begin: float, end: float, running: Sequence[str], shares: dict[str, float] = SHARES
+) -> dict[str, float]:
+    """The time (``time.monotonic``) at which each running stage's slot ends: the time from
+    ``begin`` to ``end`` shared in proportion to the ``shares`` of the stages that run."""
+    total = sum(shares[name] for name in running)
+    ends, at = {}, begin
+    for name in running:
+        at += (end - begin) * shares[name] / total
+        ends[name] = at
+    return ends
+
+
+def watchdog(seconds: float, out_dir: Path) -> threading.Timer:
+    """A daemon timer that ends the process after ``seconds``; what was written stays."""
+
+    def stop() -> None:
+        print(
+            f"[gpu_check] stopped by the watchdog, {WATCHDOG_GRACE_S} s past the budget; the "
+            f"report written so far is in {out_dir}",
+            flush=True,
+        )
+        os._exit(1)
+
+    timer = threading.Timer(max(seconds, 0.0), stop)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def run_stage(
+    name: str, fn: Callable[[], dict[str, Any]], log: Path, limit: float | None = None
+) -> Stage:
+    """Run one stage; every exception becomes a recorded failure (its traceback in ``log``).
+    With ``limit``, the stage is interrupted after that many seconds and recorded as cut
+    (``timeout``); a stage that bounds itself (a subprocess, the sweep's points) passes None."""
     stage = Stage(name)
     start = time.perf_counter()
-    print(f"[gpu_check] {name} ...", flush=True)
+    print(f"[gpu_check] {name} ..." + (f" (up to {limit:.0f} s)" if limit else ""), flush=True)
     try:
-        stage.data = fn() or {}
+        with time_limit(limit) if limit is not None else contextlib.nullcontext():
+            stage.data = fn() or {}
         stage.status = stage.data.pop("_status", "passed")
         stage.detail = stage.data.pop("_detail", "")
+    except OutOfTime as cut:
+        stage.status, stage.detail = "timeout", str(cut)
     except Skip as reason:
         stage.status, stage.detail = "skipped", str(reason)
     except StageError as error:
@@ -160,6 +281,15 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _importable(name: str) -> bool:
+    """True when the module imports (the ``bench`` extra is optional here)."""
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
 def stage_environment(device: Any, out_dir: Path) -> dict[str, Any]:
     """Versions of everything that decides the numbers."""
     import torch
@@ -172,6 +302,8 @@ def stage_environment(device: Any, out_dir: Path) -> dict[str, Any]:
         "torch_cuda": torch.version.cuda,
         "triton": triton.__version__,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "smi_kernels_from": str(Path(__import__("smi_kernels").__file__).parent),
+        "bench_extra": {name: _importable(name) for name in BENCH_EXTRA},
     }
     with contextlib.suppress(Exception):
         from importlib.metadata import version
@@ -215,8 +347,10 @@ def stage_environment(device: Any, out_dir: Path) -> dict[str, Any]:
     return env | {"_detail": f"{gpu}, torch {env['torch']}, triton {env['triton']}"}
 
 
-def stage_tests(out_dir: Path, budget: float) -> dict[str, Any]:
-    """``pytest -m gpu``; the compute-sanitizer test is left to the sanitizer stage."""
+def stage_tests(out_dir: Path, budget: float, smoke: bool = False) -> dict[str, Any]:
+    """``pytest -m gpu``; the compute-sanitizer test is left to the sanitizer stage. The CPU
+    smoke run takes tests/test_triton.py alone, whose GPU tests skip there: it checks the
+    command and the reading of its log, not the collection of every test file."""
     log = out_dir / "pytest.log"
     command = [
         sys.executable,
@@ -230,7 +364,7 @@ def stage_tests(out_dir: Path, budget: float) -> dict[str, Any]:
         "no:cacheprovider",
         "-k",
         "not compute_sanitizer",
-        "tests",
+        "tests/test_triton.py" if smoke else "tests",
     ]
     code = run_logged(command, log, budget, _child_env())
     text = log.read_text(errors="replace")
@@ -484,11 +618,14 @@ def sweep_points(quick: bool, smoke: bool) -> list[Point]:
     """The target cases first, then (without --quick) an N sweep at D = 8192, bf16."""
     import model
 
-    if smoke:  # the CPU smoke run: tiny shapes, every code path
+    if smoke:  # the CPU smoke run: tiny shapes, each loss once but the compiled reference
+        # (its C++ build on the CPU would take most of the smoke's time); the interpreted fused
+        # op, seconds a step, last, where the points before it leave their time to it
+        every = tuple(key for key in ALL_LOSSES if key != "smi_reference_compiled")
         return [
-            Point("a", 64, 128, "float32", "highest", ALL_LOSSES),
-            Point("b", 16, 128, "float32", "highest", ("smi_fused", "smi_reference", "barlow")),
-            Point("c", 96, 128, "float32", "highest", ("smi_fused", "smi_reference")),
+            Point("b", 8, 32, "float32", "highest", ("smi_reference", "barlow")),
+            Point("c", 24, 32, "float32", "highest", ("smi_reference",)),
+            Point("a", 16, 32, "float32", "highest", every),
         ]
     extra = () if quick else ("vicreg", "ntxent")
     points = []
@@ -504,31 +641,47 @@ def sweep_points(quick: bool, smoke: bool) -> list[Point]:
 
 
 def stage_sweep(
-    device: Any, points: Sequence[Point], deadline: float, min_run_time: float
+    device: Any, points: Sequence[Point], end: float, min_run_time: float, smoke: bool = False
 ) -> dict[str, Any]:
-    """Time and peak memory of every point's losses (``harness.measure_point``)."""
+    """Time and peak memory of every point's losses (``harness.measure_point``). Each point gets
+    an equal part of the time left before ``end`` (``time.monotonic``) and is cut at the end of
+    it; a point whose part would be shorter than ``MIN_POINT_S`` is skipped. The CPU smoke run
+    times one round of each loss: its times say nothing, its code paths are the GPU's."""
     import harness
     import torch
 
     losses = {loss.key: loss for loss in harness.losses(device)}
     if device.type != "cuda":  # the CPU smoke run: the op under the Triton interpreter
         losses["smi_fused"] = harness.SMI_FUSED_OP
+    timing: dict[str, Any] = {"rounds": 1, "retries": 0} if smoke else {}
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
+    cut: list[str] = []
     previous = torch.get_float32_matmul_precision()
-    for point in points:
-        left = deadline - time.monotonic()
+    for index, point in enumerate(points):
+        part = (end - time.monotonic()) / (len(points) - index)
         where = f"{point.label} N={point.n} D={point.d} {point.dtype}"
-        if left < MIN_POINT_S:
+        if part < MIN_POINT_S:
             skipped.append(where)
             continue
         chosen = [losses[key] for key in point.losses if key in losses]
-        print(f"[gpu_check]   {where} ({point.precision}): {', '.join(point.losses)}", flush=True)
+        print(
+            f"[gpu_check]   {where} ({point.precision}, up to {part:.0f} s): "
+            f"{', '.join(point.losses)}",
+            flush=True,
+        )
         try:
             torch.set_float32_matmul_precision(point.precision)
-            gemm, results = harness.measure_point(
-                chosen, point.n, point.d, model_dtype(point.dtype), device, min_run_time
-            )
+            with time_limit(part):
+                gemm, results = harness.measure_point(
+                    chosen, point.n, point.d, model_dtype(point.dtype), device, min_run_time,
+                    **timing,
+                )  # fmt: skip
+        except OutOfTime:
+            cut.append(f"{where} at {part:.0f} s")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         finally:
             torch.set_float32_matmul_precision(previous)
         for loss, result in zip(chosen, results, strict=True):
@@ -538,8 +691,10 @@ def stage_sweep(
                 | result
             )
     failed = [f"{r['loss']}@{r['label']}:{r['status']}" for r in rows if r["status"] != "ok"]
-    data: dict[str, Any] = {"rows": rows, "skipped": skipped}
+    data: dict[str, Any] = {"rows": rows, "skipped": skipped, "cut": cut}
     detail = f"{len(rows)} measurements"
+    if cut:
+        detail += f"; cut at the end of their part: {', '.join(cut)}"
     if skipped:
         detail += f"; skipped for time: {', '.join(skipped)}"
     if failed:
@@ -645,6 +800,8 @@ def markdown(payload: dict[str, Any]) -> str:
     """gpu_check.md: stages, targets, predicted vs measured, rates."""
     env = payload["environment"]
     flags = " --quick" * payload["quick"] + " --cpu-smoke" * payload["cpu_smoke"]
+    if payload.get("budget"):
+        flags += f" --budget {payload['budget']:.0f}"
     title = env.get("gpu") or ("CPU smoke run (no GPU)" if payload["cpu_smoke"] else "no GPU")
     lines = [
         f"# gpu_check: {title}",
@@ -718,8 +875,12 @@ def markdown(payload: dict[str, Any]) -> str:
 
 
 def plot(payload: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Measured vs predicted time and peak memory per case; time vs N; predicted vs measured."""
-    import matplotlib
+    """Measured vs predicted time and peak memory per case; time vs N; predicted vs measured.
+    Raises ``Skip`` where matplotlib (the ``bench`` extra) is not installed."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise Skip("matplotlib is not installed (the bench extra): no plots") from error
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -842,20 +1003,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the target cases only, two baselines fewer, smaller budgets",
     )
     parser.add_argument("--skip", nargs="+", choices=stages, default=[], help="stages to skip")
-    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run")
     parser.add_argument(
-        "--out-dir", type=Path, default=None, help="default benchmarks/results/<gpu-name-slug>/"
+        "--budget",
+        type=float,
+        default=None,
+        help=f"wall seconds for the whole run, hard (default {BUDGET_S}; --quick "
+        f"{QUICK_BUDGET_S}; --cpu-smoke {SMOKE_BUDGET_S}); every stage that runs gets its share",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="where the results go: name the folder that is kept on a machine that is handed "
+        "back (default benchmarks/results/<gpu-name-slug>/; --cpu-smoke: a new temporary folder)",
     )
     parser.add_argument(
         "--cpu-smoke",
         action="store_true",
-        help="developers: run the stages on the CPU at tiny shapes",
+        help="developers: run the stages on the CPU at tiny shapes (Triton interpreter)",
     )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the stages; see the module docstring for the exit status."""
+    start = time.monotonic()
     args = parse_args(argv)
     if args.cpu_smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels on the CPU
@@ -864,81 +1036,124 @@ def main(argv: Sequence[str] | None = None) -> int:
         if reason is not None:
             print(f"gpu_check: {reason}; nothing to check (run it on a machine with a CUDA GPU)")
             return NO_GPU
-    start = time.monotonic()
-    budget = args.budget or (QUICK_BUDGET_S if args.quick else BUDGET_S)
-    deadline = start + budget
-    stage_budget = QUICK_STAGE_BUDGET_S if args.quick else STAGE_BUDGET_S
+    budget = args.budget or (
+        SMOKE_BUDGET_S if args.cpu_smoke else QUICK_BUDGET_S if args.quick else BUDGET_S
+    )
 
     import harness
     import torch
 
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
-    out_dir = args.out_dir or BENCHMARKS / "results" / harness.device_slug(device)
+    if args.out_dir is not None:
+        out_dir = args.out_dir
+    elif args.cpu_smoke:  # never into the committed results
+        out_dir = Path(tempfile.mkdtemp(prefix="gpu_check_smoke_"))
+    else:
+        out_dir = BENCHMARKS / "results" / harness.device_slug(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     errors_log = out_dir / "stage_errors.log"
     errors_log.unlink(missing_ok=True)
+    guard = watchdog(start + budget + WATCHDOG_GRACE_S - time.monotonic(), out_dir)
+    skip = set(args.skip) | ({"sanitizer"} if args.cpu_smoke else set())
+    running = [name for name in SHARES if name not in skip]
+    ends: dict[str, float] = {}
+    stages: dict[str, Stage] = {}
+    targets: list[Any] = []
 
-    def left(name: str) -> float:
-        return max(1.0, min(stage_budget.get(name, budget), deadline - time.monotonic() - 60))
+    def payload() -> dict[str, Any]:
+        def data(name: str) -> dict[str, Any]:
+            return stages[name].data if name in stages else {}
 
-    def maybe(name: str, fn: Callable[[], dict[str, Any]]) -> Stage:
-        if name in args.skip:
-            return Stage(name, "skipped", detail="--skip")
-        if time.monotonic() > deadline - 10:
-            return Stage(name, "skipped", detail="time budget spent")
-        return run_stage(name, fn, errors_log)
+        return {
+            "quick": args.quick,
+            "cpu_smoke": args.cpu_smoke,
+            "budget": budget,
+            "seconds": time.monotonic() - start,
+            "environment": data("environment"),
+            "stages": [
+                {k: v for k, v in dataclasses.asdict(s).items() if k != "data"}
+                for s in stages.values()
+            ],
+            "rates": data("rates"),
+            "sweep": data("sweep"),
+            "model": data("model"),
+        }
 
-    stages = [run_stage("environment", lambda: stage_environment(device, out_dir), errors_log)]
-    stages.append(maybe("tests", lambda: stage_tests(out_dir, left("tests"))))
-    if args.cpu_smoke and "sanitizer" not in args.skip:
-        stages.append(Stage("sanitizer", "skipped", detail="CPU smoke run"))
-    else:
-        stages.append(maybe("sanitizer", lambda: stage_sanitizer(out_dir, left("sanitizer"))))
+    def write() -> None:
+        current = payload()
+        (out_dir / "gpu_check.json").write_text(json.dumps(current, indent=1, default=str) + "\n")
+        (out_dir / "gpu_check.md").write_text(markdown(current))
+
+    def stage(name: str, fn: Callable[[], dict[str, Any]], bounded: bool = False) -> Stage:
+        """Run ``name`` in its slot (``bounded``: it cuts itself at the end of its slot)."""
+        if name in skip:
+            reason = "CPU smoke run" if args.cpu_smoke and name == "sanitizer" else "--skip"
+            result = Stage(name, "skipped", detail=reason)
+        elif ends[name] - time.monotonic() < 1:
+            result = Stage(name, "skipped", detail="no time left in its slot")
+            print(f"[gpu_check] {name}: skipped, no time left in its slot", flush=True)
+        else:
+            limit = None if bounded else ends[name] - time.monotonic()
+            result = run_stage(name, fn, errors_log, limit)
+        stages[name] = result
+        write()
+        return result
+
+    def slot(name: str) -> float:
+        return ends[name] - time.monotonic()
+
+    stages["environment"] = run_stage(
+        "environment", lambda: stage_environment(device, out_dir), errors_log, ENVIRONMENT_S
+    )
+    write()
+    try:
+        warm_imports()
+    except Exception as error:  # the stage that needs the module reports it in its slot
+        print(f"[gpu_check] an import failed before the stages: {type(error).__name__}: {error}")
+    # the stages share what is left of the budget after the start, less the last write's
+    shares = SMOKE_SHARES if args.cpu_smoke else SHARES
+    ends.update(schedule(time.monotonic(), start + budget * (1 - RESERVE), running, shares))
+    print(
+        f"[gpu_check] budget {budget:.0f} s, into {out_dir}; the stages' slots end at "
+        + ", ".join(f"{name} {ends[name] - start:.0f} s" for name in running),
+        flush=True,
+    )
+    stage("tests", lambda: stage_tests(out_dir, slot("tests"), args.cpu_smoke), bounded=True)
+    stage("sanitizer", lambda: stage_sanitizer(out_dir, slot("sanitizer")), bounded=True)
     points = sweep_points(args.quick, args.cpu_smoke)
-    rates = maybe("rates", lambda: stage_rates(device, points))
-    stages.append(rates)
+    rates = stage("rates", lambda: stage_rates(device, points))
     if rates.data.get("rates"):
         (out_dir / "measured_rates.json").write_text(json.dumps(rates.data, indent=1) + "\n")
-    min_run_time = 0.1 if args.cpu_smoke else 0.4
-    sweep_deadline = deadline - stage_budget["model"]
-    sweep = maybe("sweep", lambda: stage_sweep(device, points, sweep_deadline, min_run_time))
-    stages.append(sweep)
-    model_stage = maybe(
-        "model", lambda: stage_model(rates.data.get("rates") or {}, sweep.data.get("rows") or [])
+    min_run_time = 0.0 if args.cpu_smoke else 0.4
+    sweep = stage(
+        "sweep",
+        lambda: stage_sweep(device, points, ends["sweep"], min_run_time, args.cpu_smoke),
+        bounded=True,
     )
-    targets = model_stage.data.pop("_targets", [])
-    stages.append(model_stage)
 
-    payload = {
-        "quick": args.quick,
-        "cpu_smoke": args.cpu_smoke,
-        "seconds": time.monotonic() - start,
-        "environment": stages[0].data,
-        "stages": [{k: v for k, v in dataclasses.asdict(s).items() if k != "data"} for s in stages],
-        "rates": rates.data,
-        "sweep": sweep.data,
-        "model": model_stage.data,
-    }
-    (out_dir / "gpu_check.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    (out_dir / "gpu_check.md").write_text(markdown(payload))
-    try:
-        written = plot(payload, out_dir)
-    except Exception as error:
-        written = []
-        print(f"[gpu_check] plots failed: {type(error).__name__}: {error}")
-    if model_stage.data.get("targets_table"):
-        print("\n" + model_stage.data["targets_table"])
-    failed = [s.name for s in stages if s.failed]
-    missed = [t for t in targets if t.measured_passes is False]
+    def model_stage() -> dict[str, Any]:
+        data = stage_model(rates.data.get("rates") or {}, sweep.data.get("rows") or [])
+        targets.extend(data.pop("_targets", []))
+        return data
+
+    stage("model", model_stage)
+    report = stage("report", lambda: {"plots": [p.name for p in plot(payload(), out_dir)]})
+    guard.cancel()
+
+    if stages["model"].data.get("targets_table"):
+        print("\n" + stages["model"].data["targets_table"])
+    written = report.data.get("plots") or []
     print(
         f"\n[gpu_check] wrote {out_dir}: gpu_check.json, gpu_check.md"
-        + "".join(f", {p.name}" for p in written)
-        + f" ({payload['seconds']:.0f} s)"
+        + "".join(f", {name}" for name in written)
+        + f" ({time.monotonic() - start:.0f} s of {budget:.0f})"
     )
+    failed = [s.name for s in stages.values() if s.failed]
+    missed = [t for t in targets if t.measured_passes is False]
     if failed:
         print(f"[gpu_check] FAILED stages: {', '.join(failed)}")
         return 1
-    if missed:
+    if missed and not args.cpu_smoke:
         print(f"[gpu_check] targets missed: {len(missed)}")
         return 2
     measured_any = any(t.measured is not None for t in targets)

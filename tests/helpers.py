@@ -51,6 +51,24 @@ TRITON = triton_importable()
 needs_triton = pytest.mark.skipif(
     not TRITON, reason="the Triton path (smi_kernels._triton.op) does not import"
 )
+
+
+def interpreter_multiplies_float64() -> bool:
+    """True where the kernels run float64 under triton's interpreter: its ``tl.dot`` refuses
+    float64 operands before triton 3.5 ("Unsupported lhs dtype fp64"). On a GPU float64 takes
+    the PyTorch path, so this is False there."""
+    if CUDA or not TRITON:
+        return False
+    import triton
+
+    return tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 5)
+
+
+needs_float64_dot = pytest.mark.skipif(
+    not interpreter_multiplies_float64(),
+    reason="float64 runs the kernels only under triton's interpreter (CPU), and its tl.dot "
+    "refuses float64 before triton 3.5 (the dev extra takes >= 3.7)",
+)
 #: parametrise a test over both backends; the Triton one skips where triton does not import
 BACKENDS = ["torch", pytest.param("triton", marks=needs_triton)]
 

@@ -116,3 +116,32 @@ def test_split_k_runs_at_the_paper_batch(rows: list[dict]) -> None:
     for r in forward:
         sms = 132 if r["arch"] == "sm90" else 108
         assert r["grid"][0] >= sms, describe(r)
+
+
+REFUSAL = """
+import sys
+sys.path.insert(0, {bench!r})
+import kernel_report as kr
+
+def broken(launch, cc):
+    raise AttributeError("'JITFunction' object has no attribute '_pack_args'")
+
+kr.compile_launch = broken
+sys.exit(kr.main(["--quick", "--write", "--out", {out!r}]))
+"""
+
+
+def test_a_toolchain_it_cannot_drive_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A Triton API the tool relies on that has moved: one line, nothing compiled, nothing
+    written (not a report of every launch failing)."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    script = REFUSAL.format(bench=str(REPO / "tools"), out=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
+    )
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 2
+    assert len(output.splitlines()) == 1 and "_pack_args" in output, output
+    assert not list(tmp_path.iterdir())

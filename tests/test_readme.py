@@ -20,6 +20,7 @@ FLOPS_TXT = ROOT / "benchmarks" / "results" / "flops" / "flops.txt"
 SPEED_DIR = ROOT / "benchmarks" / "results" / "cpu"
 EXAMPLE_MD = ROOT / "examples" / "results" / "train_ssl.md"
 EXAMPLE_JSON = ROOT / "examples" / "results" / "train_ssl.json"
+COMPILE_DIR = ROOT / "benchmarks" / "results" / "compile"
 REGENERATE = "python benchmarks/speed.py"
 
 
@@ -157,15 +158,75 @@ def test_alignment_optimum_stated_as_computed() -> None:
     assert f"N = {n}, D = {results['d']}" in loss
 
 
+def compile_totals(version: str) -> dict[str, int]:
+    """The Totals line of the committed compile report of triton ``version``."""
+    report = (COMPILE_DIR / f"triton-{version}.md").read_text()
+    return json.loads(re.search(r"Totals: (\{.*\})", report).group(1))
+
+
+def release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def version_rows() -> dict[str, list[str]]:
+    """The rows of the README's version matrix, by triton version."""
+    rows = {}
+    for line in block("versions").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if re.fullmatch(r"\d+\.\d+\.\d+", cells[0]):
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_version_matrix_quotes_every_committed_compile_report() -> None:
+    """A row for every committed report and a report for every row; its columns are the report's
+    Totals: launches, failing to compile, over shared memory, spilling (of them defaults)."""
+    rows = version_rows()
+    committed = {path.stem.removeprefix("triton-") for path in COMPILE_DIR.glob("triton-*.md")}
+    assert set(rows) == committed
+    for version, cells in rows.items():
+        totals = compile_totals(version)
+        launches, failing, over, spilling = cells[2:6]
+        assert int(launches) == totals["launches"], version
+        assert int(failing) == totals["fail_to_compile"], version
+        assert int(over) == totals["over_shared_memory"], version
+        assert spilling == f"{totals['with_spills']} ({totals['default_with_spills']})", version
+
+
+def test_version_matrix_spans_the_declared_versions() -> None:
+    """The oldest row is the triton of the oldest torch (the floor of the ``triton`` extra), and
+    the README names the ``dev`` extra's floor, the lowest triton CI runs the interpreter on."""
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+
+    def floor(requirements: list[str]) -> str:
+        (spec,) = [r for r in requirements if r.startswith("triton")]
+        return re.search(r">=([\d.]+)", spec).group(1)
+
+    oldest = min(version_rows(), key=release)
+    assert release(oldest)[:2] == release(floor(extras["triton"]))
+    install = normalised(section("Install"))
+    assert f"triton >= {floor(extras['dev'])}" in install
+    assert f"lowest it allows, {floor(extras['dev'])}.0" in install
+
+
 def test_compile_and_model_numbers_come_from_the_committed_results() -> None:
-    compile_dir = ROOT / "benchmarks" / "results" / "compile"
-    for version in ("3.9.0", "3.6.0"):
-        report = (compile_dir / f"triton-{version}.md").read_text()
-        totals = json.loads(re.search(r"Totals: (\{.*\})", report).group(1))
-        assert f"all {totals['launches']} launches" in normalised(block("compile"))
+    """Every triton of the matrix: every launch compiles and fits, no default config spills,
+    and the autotune candidates that spill are counted in the README with their size."""
+    text = normalised(block("compile"))
+    for version in version_rows():
+        totals = compile_totals(version)
+        assert f"all {totals['launches']} launches" in text
         assert totals["fail_to_compile"] == totals["over_shared_memory"] == 0
-        assert totals["with_spills"] == 0
-        assert version in block("compile")
+        assert totals["default_with_spills"] == 0
+        assert version in text
+        rows = json.loads((COMPILE_DIR / f"triton-{version}.json").read_text())["rows"]
+        sizes = {r["spill_stores"] for r in rows if r["compiles"] and r["spill_stores"]}
+        if totals["with_spills"]:
+            (size,) = sizes
+            assert f"{version}: {totals['with_spills']} launches, {size} B each" in text
     model = (ROOT / "benchmarks" / "results" / "model" / "h100.md").read_text()
     quoted = re.findall(r"\d+\.\d+", block("model"))
     assert quoted

@@ -16,6 +16,13 @@ kernel x config x dtype x target:
 
 No GPU and no driver are needed. Must run without ``TRITON_INTERPRET`` (the interpreter replaces
 the kernels). Writes ``benchmarks/results/compile/triton-<version>.{md,json}`` with ``--write``.
+
+Runs on triton 3.3 and newer (the triton of torch 2.7, the oldest torch the package takes): the
+binder's steps that 3.5 gathered into ``JITFunction._pack_args`` are taken as 3.3 and 3.4's own
+launcher takes them, and the ptxas log is read from Triton's own ptxas call on every version.
+An older triton is refused in one line; so is a run in which not one launch compiles (the
+tool's own calls broken by a Triton API change, not a finding about the kernels), and nothing is
+written.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -40,8 +48,25 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource, make_backend
+
+#: the oldest triton the report runs on (torch 2.7's)
+OLDEST_TRITON = (3, 3)
+
+
+def triton_version() -> tuple[int, int]:
+    """(major, minor) of the imported triton."""
+    major, minor = re.match(r"(\d+)\.(\d+)", triton.__version__).groups()
+    return int(major), int(minor)
+
+
+if __name__ == "__main__" and triton_version() < OLDEST_TRITON:
+    sys.exit(
+        f"kernel_report.py runs on triton >= {'.'.join(map(str, OLDEST_TRITON))}; "
+        f"this is triton {triton.__version__}"
+    )
+
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -167,13 +192,72 @@ def record_step(plan: Plan) -> list[Launch]:
     return launches
 
 
+def pack_args(fn, backend, kwargs, bound_args, specialization, options):
+    """``(options, signature, constexprs, attrs)`` of a bound launch: ``JITFunction._pack_args``
+    (triton >= 3.5), or on 3.3 and 3.4 the same steps as their ``JITFunction.run`` takes them."""
+    if hasattr(fn, "_pack_args"):
+        return fn._pack_args(backend, kwargs, bound_args, specialization, options)
+    from triton.runtime.jit import find_paths_if, get_iterable_path
+
+    options = backend.parse_options(kwargs)
+    sigkeys = [x.name for x in fn.params]
+    sigvals = [x[0] for x in specialization]
+    signature = dict(zip(sigkeys, sigvals, strict=True))
+    constexprs = find_paths_if(sigvals, lambda _, val: val == "constexpr")
+    constexprs = {path: get_iterable_path(list(bound_args.values()), path) for path in constexprs}
+    attrvals = [x[1] for x in specialization]
+    attrs = find_paths_if(attrvals, lambda _, x: isinstance(x, str))
+    attrs = {k: backend.parse_attr(get_iterable_path(attrvals, k)) for k in attrs}
+    return options, signature, constexprs, attrs
+
+
+class _PtxasLog:
+    """Stands for the ``subprocess`` module in Triton's NVIDIA backend while it compiles: runs
+    every command as ``subprocess.run`` does, and keeps the ``-v`` log of a ptxas call, which
+    Triton writes to a temporary file and deletes (3.5 added ``knobs.nvidia.dump_ptxas_log``;
+    this reads the same file on every version)."""
+
+    def __init__(self) -> None:
+        self.log = ""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    def run(self, command, *args, **kwargs):
+        result = subprocess.run(command, *args, **kwargs)
+        stderr = kwargs.get("stderr")
+        if "-v" in command and "ptxas" in Path(str(command[0])).name:
+            with open(stderr.name) as log:
+                self.log += log.read()
+        return result
+
+
+@contextmanager
+def ptxas_log(backend) -> Iterator[_PtxasLog]:
+    """Every compile inside compiles anew (a cached kernel would skip ptxas and its log), and
+    the log of ``backend``'s own ptxas call is kept."""
+    # the globals of the module the backend was loaded from (3.3 loads it from its file, not as
+    # triton.backends.nvidia.compiler, which would be another copy)
+    module = type(backend).make_cubin.__globals__
+    capture = _PtxasLog()
+    always = os.environ.get("TRITON_ALWAYS_COMPILE")
+    os.environ["TRITON_ALWAYS_COMPILE"] = "1"  # read by triton 3.3 and by knobs on >= 3.4
+    module["subprocess"] = capture
+    try:
+        yield capture
+    finally:
+        module["subprocess"] = subprocess
+        if always is None:
+            del os.environ["TRITON_ALWAYS_COMPILE"]
+        else:
+            os.environ["TRITON_ALWAYS_COMPILE"] = always
+
+
 def compile_launch(launch: Launch, cc: int):
     """``(compiled kernel, ptxas -v log)`` of a recorded launch for compute capability ``cc``:
     ``triton.compile`` with the signature, constexprs and specialisation attributes that Triton's
     own binder derives from the launch's arguments. The log is the one of Triton's own ptxas
-    call (the wheel's ptxas, Triton's flags), captured with ``dump_ptxas_log``."""
-    from triton import knobs
-
+    call (the wheel's ptxas, Triton's flags)."""
     fn = launch.kernel
     target = GPUTarget("cuda", cc, 32)
     backend = make_backend(target)
@@ -181,20 +265,13 @@ def compile_launch(launch: Launch, cc: int):
     kwargs = dict(launch.kwargs)
     kwargs.setdefault("debug", False)
     bound_args, specialization, options = binder(*launch.args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(
-        backend, kwargs, bound_args, specialization, options
+    options, signature, constexprs, attrs = pack_args(
+        fn, backend, kwargs, bound_args, specialization, options
     )
     source = ASTSource(fn, signature, constexprs, attrs)
-    log = io.StringIO()
-    knobs.nvidia.dump_ptxas_log = True
-    knobs.compilation.always_compile = True  # a cached kernel would skip ptxas and its log
-    try:
-        with contextlib.redirect_stdout(log):
-            compiled = triton.compile(source, target=target, options=options.__dict__)
-    finally:
-        knobs.nvidia.dump_ptxas_log = False
-        knobs.compilation.always_compile = False
-    return compiled, log.getvalue()
+    with ptxas_log(backend) as log, contextlib.redirect_stdout(io.StringIO()):
+        compiled = triton.compile(source, target=target, options=options.__dict__)
+    return compiled, log.log
 
 
 def ptxas_usage(log: str) -> dict[str, int]:
@@ -433,8 +510,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def toolchain_error(arch: str) -> str | None:
+    """Why this triton cannot run the report (None when it can): the first launch of a small
+    step, compiled for ``arch``. A Triton API the tool relies on that has moved fails here, once,
+    instead of in every launch."""
+    plan = make_plan(arch, LIMITS[arch]["sms"], 2, 256, 1024, torch.float32, "highest", False)
+    try:
+        compile_launch(record_step(plan)[0], LIMITS[arch]["cc"])
+    except Exception as error:
+        return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    error = toolchain_error(args.arch[0])
+    if error is not None:
+        print(f"kernel_report.py cannot compile with triton {triton.__version__} "
+              f"({error}); nothing run, nothing written", file=sys.stderr)  # fmt: skip
+        return 2
     start = time.perf_counter()
     problems = QUICK_PROBLEMS if args.quick else PROBLEMS
     rows = run(args.arch, args.setting, problems, every=not args.quick)
@@ -449,6 +543,10 @@ def main(argv=None) -> int:
         f"Totals: {json.dumps(totals)}"
     )
     print(json.dumps(totals))
+    if rows and totals["fail_to_compile"] == len(rows):
+        print(f"kernel_report.py: not one launch compiled on triton {triton.__version__}, "
+              f"nothing written: {rows[0]['error'][:200]}", file=sys.stderr)  # fmt: skip
+        return 1
     if args.write:
         args.out.mkdir(parents=True, exist_ok=True)
         stem = args.out / f"triton-{triton.__version__}"

@@ -131,12 +131,56 @@ def table_rows(arch: str, kind: str) -> tuple[Row, ...]:
 
 #: rows of the sharded mode where the local row's configs spill there: (architecture, class,
 #: max_rows) -> the row. Its backward kernel walks every column rank in an outer loop, which
-#: holds a few more values live: sm_80 16-bit at 4 warps reaches 255 registers and 36 B of spills
+#: holds a few more values live: sm_80 16-bit at 4 warps reaches 255 registers and 36 B of spills,
+#: and its 4-warp candidate with slices of 64 G rows spills 4 B on triton 3.3 (32 rows: none);
+#: above 1024 rows, slices of 32 G rows take 245 to 255 registers on triton 3.4 to 3.9 and spill
+#: 48 B on 3.4; slices of 16 rows (the same 128 x 128 output tile) take 170 to 194 on 3.3 to 3.9
 _SHARDED_ROWS: dict[tuple[str, str, int], Row] = {
     ("sm80", "mma16", 1024): Row(
-        1024, (F(64, 64, 8, 3), F(64, 64, 8, 4)), (B(64, 128, 8, 3), B(64, 64, 4, 3))
+        1024, (F(64, 64, 8, 3), F(64, 64, 8, 4)), (B(64, 128, 8, 3), B(32, 64, 4, 3))
+    ),
+    ("sm80", "mma16", _ANY): Row(
+        _ANY, (F(128, 32, 8, 4), F(128, 64, 8, 3)), (B(16, 128, 8, 3), B(64, 64, 8, 3))
     ),
 }
+
+
+@dataclass(frozen=True)
+class StandardizeConfig:
+    """Standardisation kernel: one program per sample holds its V rows as a (V_BLOCK, BLOCK_D)
+    tile, V_BLOCK the next power of two of V; the whole padded row (``SINGLE_PASS``) or chunks
+    of it, five passes over D."""
+
+    BLOCK_D: int
+    SINGLE_PASS: bool
+    num_warps: int
+
+
+#: the whole padded row in one pass while the (V_BLOCK, D_pad) tile has at most this many
+#: elements (8 warps: 64 floats a thread)
+STANDARDIZE_SINGLE_PASS_ELEMENTS = 16384
+#: else chunks of this many elements (V_BLOCK x BLOCK_D), over 8 warps: the pair sums unroll
+#: over every pair of views, so the chunk stays small. ptxas spills a few bytes of the chunked
+#: form at some shapes, differently on each triton: at four views, chunks of 2048 elements over
+#: 4 warps spill 4 B on triton 3.4 (sm_90, 16-bit); 2048 over 8 warps, 1024 over 4 and 4096
+#: over 4 or 8 spill 4 to 12 B on 3.3, 3.5, 3.6 or 3.9; 1024 over 8 warps on none of 3.3 to 3.9
+#: (benchmarks/results/compile/: 3.3.1, 3.4.0, 3.5.1, 3.6.0, 3.7.1, 3.9.0)
+STANDARDIZE_CHUNK_ELEMENTS = 1024
+
+
+def standardize_tile(d_pad: int, views: int, interpreting: bool) -> StandardizeConfig:
+    """The standardisation kernel's tile for rows of ``d_pad`` padded features and ``views``
+    views; the interpreter takes small tiles (numpy is fastest on them) and any width."""
+    v_block = 1 << (views - 1).bit_length()
+    whole = 1 << (d_pad - 1).bit_length()
+    if interpreting:  # num_warps is not used there
+        if v_block * whole <= 256:
+            return StandardizeConfig(whole, True, 1)
+        return StandardizeConfig(min(whole, 64), False, 1)
+    if v_block * whole <= STANDARDIZE_SINGLE_PASS_ELEMENTS:
+        return StandardizeConfig(whole, True, 8 if v_block * whole >= 4096 else 4)
+    block = min(whole, max(64, STANDARDIZE_CHUNK_ELEMENTS // v_block))
+    return StandardizeConfig(block, False, 8)
 
 
 def row_for(arch: str, kind: str, rows: int, sharded: bool = False) -> Row:

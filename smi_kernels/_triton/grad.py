@@ -368,10 +368,11 @@ def accumulate(
     if WIDEN_DOT:
         g = g.to(tl.float32)
         z0 = z0.to(tl.float32)
-    acc0 = tl.dot(g, z0, acc0, input_precision=INPUT_PRECISION)
+    # out_dtype is the accumulator's (float64 under the interpreter: see gram_forward_kernel)
+    acc0 = tl.dot(g, z0, acc0, input_precision=INPUT_PRECISION, out_dtype=acc0.dtype)
     if HALVES == 2:
         z1 = tl.load(z_rows + WIDTH, mask=z_mask1)
         if WIDEN_DOT:
             z1 = z1.to(tl.float32)
-        acc1 = tl.dot(g, z1, acc1, input_precision=INPUT_PRECISION)
+        acc1 = tl.dot(g, z1, acc1, input_precision=INPUT_PRECISION, out_dtype=acc1.dtype)
     return acc0, acc1

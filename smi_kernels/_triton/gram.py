@@ -378,12 +378,16 @@ def gram_forward_kernel(
         if WIDEN_DOT:
             a = a.to(tl.float32)
             b0 = b0.to(tl.float32)
-        acc0 = tl.dot(a, tl.trans(b0), acc0, input_precision=INPUT_PRECISION)
+        # out_dtype is the accumulator's: float64 under the interpreter, which tl.dot refuses
+        # against its float32 default out_dtype before triton 3.8
+        acc0 = tl.dot(a, tl.trans(b0), acc0, input_precision=INPUT_PRECISION, out_dtype=acc0.dtype)
         if HALVES == 2:
             b1 = tl.load(b_ptrs + WIDTH * D_pad)
             if WIDEN_DOT:
                 b1 = b1.to(tl.float32)
-            acc1 = tl.dot(a, tl.trans(b1), acc1, input_precision=INPUT_PRECISION)
+            acc1 = tl.dot(
+                a, tl.trans(b1), acc1, input_precision=INPUT_PRECISION, out_dtype=acc1.dtype
+            )
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
 

@@ -40,7 +40,7 @@ from smi_kernels._triton.gram import (
     gram_forward_kernel,
 )
 from smi_kernels._triton.plan import Plan, accumulator, plan_for
-from smi_kernels._triton.standardize import block_d, standardize_kernel
+from smi_kernels._triton.standardize import standardize_kernel
 
 #: rows of the radial reduction per program of the finalize launch
 RADIAL_BLOCK = 1024
@@ -175,17 +175,16 @@ def backward_launcher(plan: Plan):
 
 def standardize_options(plan: Plan) -> dict:
     """Constexprs and compile options of the standardisation launch."""
-    block, single = block_d(plan.d_pad, plan.views, interpreting(plan))
+    tile = configs.standardize_tile(plan.d_pad, plan.views, interpreting(plan))
     options = {
         "V": plan.views,
         "V_BLOCK": triton.next_power_of_2(plan.views),
-        "BLOCK_D": block,
-        "SINGLE_PASS": single,
+        "BLOCK_D": tile.BLOCK_D,
+        "SINGLE_PASS": tile.SINGLE_PASS,
         "EMULATE_RTNE": emulate_rtne(plan),
     }
     if not interpreting(plan):
-        elements = options["V_BLOCK"] * block
-        options.update(num_warps=8 if elements >= 4096 else 4, enable_fp_fusion=True)
+        options.update(num_warps=tile.num_warps, enable_fp_fusion=True)
     return options
 
 

@@ -226,21 +226,3 @@ def standardize_kernel(
         tl.store(rho_ptr + pair_offset, tl.where(pair, rho, 0.0), mask=both)
         tl.store(align_grad_ptr + pair_offset, tl.where(pair, align_grad, 0.0), mask=both)
         tl.store(align_ptr + i, align)
-
-
-#: largest V_BLOCK x BLOCK_D tile held in registers at once (8 warps: 64 floats a thread)
-SINGLE_PASS_ELEMENTS = 16384
-
-
-def block_d(d_pad: int, views: int, interpreting: bool) -> tuple[int, bool]:
-    """``(BLOCK_D, SINGLE_PASS)``: the whole padded row when the (V_BLOCK, D_pad) tile fits in
-    registers (on the GPU), else a chunk that keeps the pair tiles small."""
-    v_block = triton.next_power_of_2(views)
-    whole = triton.next_power_of_2(d_pad)
-    if not interpreting and v_block * whole <= SINGLE_PASS_ELEMENTS:
-        return whole, True
-    if interpreting and v_block * whole <= 256:
-        return whole, True
-    # chunks of at most 2048 elements: the pair sums unroll over every pair of views
-    cap = 64 if interpreting else max(64, 2048 // v_block)
-    return min(whole, cap), False
