@@ -25,8 +25,9 @@ The hooks are the interpreter's own entry points, patched in one place (:func:`_
 through), ``create_atomic_rmw`` / ``create_atomic_cas``, ``set_grid_dim`` / ``set_grid_idx``
 (the grid loop of ``GridExecutor.__call__`` announces each program there: the permutation maps
 the loop's index to the program that runs), ``GridExecutor._init_args_hst`` (the arguments as
-the kernel sees them) and ``GridExecutor.__call__`` (one launch). Checked on triton 3.9.0 and 3.5.1 (with numpy 2.3.5);
-:data:`SUPPORTED` is False (with :data:`UNSUPPORTED_REASON`) where those entry points are missing.
+the kernel sees them) and ``GridExecutor.__call__`` (one launch). Checked on triton 3.9.0 and
+3.5.1 (with numpy 2.3.5); :data:`SUPPORTED` is False (with :data:`UNSUPPORTED_REASON`) where
+those entry points are missing.
 """
 
 from __future__ import annotations
